@@ -1,0 +1,49 @@
+# Typed config, the study table and target lists; rules stay free of lambdas.
+from strata.config import StrataConfig, from_dict
+from strata.ct.layout import demo_studies, discover_studies
+from strata.schema import check_data_paths
+
+check_data_paths(config, source="config")
+CFG = from_dict(StrataConfig, config, where="config")
+
+if CFG.data.demo:
+    STUDIES = demo_studies(CFG.data.ct, CFG.demo.ct, CFG.seed)
+else:
+    STUDIES = discover_studies(CFG.data.ct)
+STUDY = {study.study_id: study for study in STUDIES}
+STUDY_IDS = sorted(STUDY)
+
+
+wildcard_constraints:
+    study="[A-Za-z0-9_.-]+",
+
+
+def ct_study_inputs(wildcards):
+    """The volume files and region masks of one study (so a change re-runs only it)."""
+    study = STUDY[wildcards.study]
+    return {
+        "files": [str(p) for p in study.files],
+        "masks": [str(p) for _, p in study.masks],
+    }
+
+
+def demo_ct_outputs():
+    """Every file the CT demo writer produces, known from the config alone."""
+    files = [str(CFG.data.ct.reports)]
+    for study in STUDIES:
+        files += [str(p) for p in study.files] + [str(p) for _, p in study.masks]
+    return files
+
+
+def pose_long_path():
+    """The long-format copy the pose demo writes beside the MABe22 .npy file."""
+    return str(CFG.data.pose.path.with_suffix(".parquet"))
+
+
+def final_targets():
+    """The default target: everything the DAG can build from the config."""
+    return [
+        "results/cache/ct/manifest.parquet",
+        "results/cache/ct/reports.parquet",
+        "results/cache/pose/manifest.parquet",
+    ]

@@ -1,0 +1,31 @@
+# Synthetic demo data in the real on-disk formats (only when data.demo is true).
+
+if config["data"]["demo"]:
+
+    rule demo_data_ct:
+        output:
+            demo_ct_outputs(),
+        params:
+            data=config["data"]["ct"],
+            demo=config["demo"]["ct"],
+            seed=config["seed"],
+        log:
+            "results/logs/demo_data_ct.log",
+        benchmark:
+            "results/benchmarks/demo_data_ct.tsv"
+        script:
+            "../workflow_scripts/demo_data_ct.py"
+
+    rule demo_data_pose:
+        output:
+            npy=config["data"]["pose"]["path"],
+            parquet=pose_long_path(),
+        params:
+            demo=config["demo"]["pose"],
+            seed=config["seed"],
+        log:
+            "results/logs/demo_data_pose.log",
+        benchmark:
+            "results/benchmarks/demo_data_pose.tsv"
+        script:
+            "../workflow_scripts/demo_data_pose.py"

@@ -1,0 +1,252 @@
+"""Typed configuration objects built from the validated YAML.
+
+The Snakefile validates the whole config against ``config/schema.yaml``; rules then pass
+only the subset they depend on (so Snakemake's params trigger re-runs precisely), and the
+entry points turn that subset into one of the frozen dataclasses below with
+:func:`from_dict`. Unknown or missing keys raise here too, so code never receives a raw
+dict that could hide a misspelled option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclasses.
+
+    Written by hand (not dacite/pydantic) because it is a few lines and the schema has
+    already checked the values; this only maps them onto types and names the key path of
+    anything unexpected.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, field in fields.items():
+        if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: missing key {name!r}")
+            continue
+        values[name] = _convert(hints[name], data[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+def to_dict(obj: Any) -> Any:
+    """The plain-data form of a config object (for params, meta.json and checkpoints)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- data sources
+
+
+@dataclass(frozen=True)
+class CTDataConfig:
+    """Where CT studies live (RadGenome-ChestCT layout plus DICOM series folders)."""
+
+    split: str
+    nifti_root: Path
+    reports: Path
+    dicom_root: Path | None = None
+    dicom_mask_root: Path | None = None
+
+
+@dataclass(frozen=True)
+class PoseDataConfig:
+    """Where the pose tracks live: a MABe22 ``.npy`` dict or a long ``.parquet``/``.csv``."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    demo: bool
+    ct: CTDataConfig
+    pose: PoseDataConfig
+
+
+# --------------------------------------------------------------------------- demo data
+
+
+@dataclass(frozen=True)
+class DemoCTConfig:
+    """Size of the synthetic CT demo (RadGenome-style NIfTI studies plus DICOM series)."""
+
+    n_nifti: int
+    n_dicom: int
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    noise_hu: float
+
+
+@dataclass(frozen=True)
+class DemoPoseConfig:
+    """Size of the synthetic MABe22-style mouse-triplet demo."""
+
+    n_sequences: int
+    n_frames: int
+    n_agents: int
+    n_keypoints: int
+    arena_px: float
+    missing_fraction: float
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    ct: DemoCTConfig
+    pose: DemoPoseConfig
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class CTPreprocessConfig:
+    """How a CT study becomes a cached tensor (SPEC section 2, stage 2, and section 3).
+
+    Args:
+        spacing: target voxel spacing in mm after orientation to RAS.
+        shape: (H, W, D) of the cached volume after resampling.
+        region_shape: (H, W, D) of each cached region crop.
+        channels: the volume is repeated to this many channels (Reg2RG uses 3).
+        hu_window: HU values are clipped to this window ...
+        out_range: ... and mapped linearly onto this range.
+        outside_hu: value given to voxels outside a region mask in region crops.
+        dtype: storage dtype of the cached intensities.
+        on_missing_slice: a gap of missing slices in a DICOM series is an error, or a
+            warning recorded in the manifest.
+        multiple_series: a folder holding several series is an error, or the largest
+            series is used (recorded as a warning).
+        spacing_tolerance: relative deviation allowed between consecutive slice gaps.
+    """
+
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    region_shape: tuple[int, int, int]
+    channels: int
+    hu_window: tuple[float, float]
+    out_range: tuple[float, float]
+    outside_hu: float
+    dtype: Literal["float16", "float32"]
+    on_missing_slice: Literal["error", "warn"]
+    multiple_series: Literal["error", "largest"]
+    spacing_tolerance: float
+
+
+@dataclass(frozen=True)
+class PosePreprocessConfig:
+    """How pose tracks become fixed windows (SPEC section 3).
+
+    Args:
+        window: frames per window (T).
+        stride: frames between window starts.
+        center: ``arena`` maps pixel coordinates to [-1, 1] around the arena centre.
+        arena_px: side length of the arena in pixels (MABe22: 850).
+        egocentric: rotate and translate every agent into its own body frame.
+        min_valid_fraction: windows with fewer observed keypoints are dropped.
+        shard_size: windows per shard file.
+    """
+
+    window: int
+    stride: int
+    center: Literal["arena", "none"]
+    arena_px: float
+    egocentric: bool
+    min_valid_fraction: float
+    shard_size: int
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    ct: CTPreprocessConfig
+    pose: PosePreprocessConfig
+
+
+@dataclass(frozen=True)
+class StrataConfig:
+    """The whole validated configuration."""
+
+    seed: int
+    data: DataConfig
+    demo: DemoConfig
+    preprocess: PreprocessConfig
+
+
+def load_config(path: str | Path) -> StrataConfig:
+    """Read a YAML file, validate it against the schema and build the typed config."""
+    from strata.schema import validate_config
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from err
+    validate_config(raw, source=str(path))
+    return from_dict(StrataConfig, raw, where=str(path))

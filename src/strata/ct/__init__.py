@@ -1,0 +1,1 @@
+"""Chest CT: study layout, DICOM/NIfTI reading, preprocessing to cached tensors, demo data."""

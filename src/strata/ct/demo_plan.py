@@ -1,0 +1,86 @@
+"""What each synthetic demo study contains: regions present, findings and report sentences.
+
+The plan is a pure function of the seed and the demo config, so the Snakefile knows every
+demo study (and its mask files) before the writer runs, and the metrics stage can later
+check whether a model states the right findings (nodule presence, size and side).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from strata.config import CTDataConfig, DemoCTConfig
+from strata.ct.regions import REGIONS
+
+OPTIONAL_REGIONS = ("breast", "thyroid")  # absent in some studies, as in real data
+
+
+@dataclass(frozen=True)
+class DemoFindings:
+    """The stated, learnable findings of one synthetic study."""
+
+    nodule_mm: int  # 0 = no nodule
+    nodule_side: Literal["left", "right"]
+    cardiomegaly: bool
+    effusion: Literal["none", "left", "right"]
+
+
+@dataclass(frozen=True)
+class DemoStudyPlan:
+    study_id: str
+    kind: Literal["nifti", "dicom"]
+    regions: tuple[str, ...]
+    findings: DemoFindings
+
+
+def nodule_size_class(size_mm: int) -> Literal["none", "small", "large"]:
+    """Size bins used by the finding-level accuracy metric."""
+    if size_mm == 0:
+        return "none"
+    return "small" if size_mm < 16 else "large"
+
+
+def region_sentences(findings: DemoFindings, regions: tuple[str, ...]) -> dict[str, str]:
+    """One sentence group per present region; the lung sentence states the nodule."""
+    f = findings
+    if f.nodule_mm:
+        lung = f"A {nodule_size_class(f.nodule_mm)} {f.nodule_mm} mm nodule is seen in the {f.nodule_side} lung."
+    else:
+        lung = "No pulmonary nodule is seen. The lung parenchyma is clear."
+    sentences = {
+        "abdomen": "The visualized upper abdominal organs are unremarkable.",
+        "bone": "No lytic or destructive bone lesion is seen.",
+        "breast": "The breast tissue appears normal.",
+        "esophagus": "The esophagus has normal calibre.",
+        "heart": "The heart is enlarged." if f.cardiomegaly else "Heart size is normal.",
+        "lung": lung,
+        "mediastinum": "No mediastinal lymphadenopathy is seen.",
+        "pleura": (f"There is a {f.effusion} pleural effusion." if f.effusion != "none"
+                   else "No pleural effusion is seen."),
+        "thyroid": "The thyroid gland appears normal.",
+        "trachea and bronchie": "The trachea and main bronchi are patent.",
+    }
+    return {r: sentences[r] for r in REGIONS if r in regions}
+
+
+def demo_plan(data: CTDataConfig, demo: DemoCTConfig, seed: int) -> list[DemoStudyPlan]:
+    """Deterministic plan of every demo study (NIfTI studies first, then DICOM series)."""
+    plans = []
+    for index in range(demo.n_nifti + demo.n_dicom):
+        rng = np.random.default_rng([seed, 7, index])
+        kind: Literal["nifti", "dicom"] = "nifti" if index < demo.n_nifti else "dicom"
+        # Cycle the nodule classes so every class appears even in a tiny demo.
+        nodule = (0, int(rng.integers(8, 15)), int(rng.integers(18, 31)))[index % 3]
+        findings = DemoFindings(
+            nodule_mm=nodule,
+            nodule_side="left" if rng.random() < 0.5 else "right",
+            cardiomegaly=bool(rng.random() < 0.4),
+            effusion=("none", "left", "right")[int(rng.integers(0, 3))] if rng.random() < 0.5 else "none",
+        )
+        missing = {r for r in OPTIONAL_REGIONS if rng.random() < 0.35}
+        regions = tuple(r for r in REGIONS if r not in missing)
+        plans.append(DemoStudyPlan(f"{data.split}_{index + 1}_a_1", kind, regions, findings))
+    return plans

@@ -1,0 +1,104 @@
+"""Reading a study with MONAI's readers into RAS-oriented tensors, with input checks.
+
+Volumes come in as float32 HU ``[1, X, Y, Z]``; region masks as one uint8 tensor
+``[10, X, Y, Z]`` in ``REGIONS`` order (zeros plus a presence flag for absent regions), so
+the ten masks are oriented and resampled in one pass instead of ten.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from monai.data import MetaTensor, NibabelReader, PydicomReader
+from monai.transforms import LoadImage, Orientation
+
+from strata.config import CTPreprocessConfig
+from strata.ct.dicom_series import check_series
+from strata.ct.errors import CTInputError
+from strata.ct.regions import REGION_INDEX, REGIONS
+
+RAS = Orientation(axcodes="RAS", labels=None)
+
+
+@dataclass
+class LoadedVolume:
+    """A volume in RAS with the facts the manifest records about its source."""
+
+    image: MetaTensor  # [1, X, Y, Z] float32 HU
+    original_spacing: tuple[float, float, float]
+    original_shape: tuple[int, int, int]
+    n_slices: int
+    files: list[Path]  # the source files actually read, in reading order
+    warnings: list[str] = field(default_factory=list)
+
+
+def _quiet_load(loader: LoadImage, source: str | list[str]) -> MetaTensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI's reader warnings are re-checked explicitly
+        return loader(source)
+
+
+def load_volume(kind: Literal["nifti", "dicom"], files: list[Path], cfg: CTPreprocessConfig) -> LoadedVolume:
+    """Read a NIfTI file or a checked DICOM series and orient it to RAS."""
+    notes: list[str] = []
+    if kind == "dicom":
+        series = check_series(files, cfg.multiple_series, cfg.on_missing_slice, cfg.spacing_tolerance)
+        notes.extend(series.warnings)
+        folder = series.files[0].parent
+        # MONAI reads a folder as one series; restrict it to the checked slices.
+        pattern = "^(?:" + "|".join(re.escape(str(p)) for p in series.files) + ")$"
+        reader = PydicomReader(fname_regex=pattern)
+        source, read_files = str(folder), series.files
+    else:
+        reader = NibabelReader()
+        source, read_files = str(files[0]), list(files)
+    try:
+        image = _quiet_load(LoadImage(reader=reader, image_only=True, ensure_channel_first=True,
+                                      dtype=np.float32), source)
+    except CTInputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader failure becomes an error naming the source
+        raise CTInputError(f"{source}: cannot read volume ({type(err).__name__}: {err})") from err
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise CTInputError(f"{source}: expected a single-channel 3-D volume, got shape {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        bad = int((~torch.isfinite(image)).sum())
+        raise CTInputError(f"{source}: volume contains {bad} NaN/inf voxels")
+    spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
+    shape = tuple(int(s) for s in image.shape[1:])
+    oriented = RAS(image)
+    return LoadedVolume(oriented, spacing, shape, shape[2], read_files, notes)
+
+
+def load_masks(masks: dict[str, Path], reference: MetaTensor) -> tuple[MetaTensor, np.ndarray]:
+    """Stack the region masks into ``[10, X, Y, Z]`` uint8 (RAS) plus a presence vector.
+
+    Each mask must have the volume's shape and affine once both are in RAS.
+    """
+    stacked = torch.zeros((len(REGIONS), *reference.shape[1:]), dtype=torch.uint8)
+    present = np.zeros(len(REGIONS), dtype=np.uint8)
+    loader = LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True, dtype=np.uint8)
+    ref_affine = np.asarray(reference.affine, dtype=np.float64)
+    for region, path in masks.items():
+        if region not in REGION_INDEX:
+            raise CTInputError(f"{path}: {region!r} is not one of the regions {list(REGIONS)}")
+        try:
+            raw = _quiet_load(loader, str(path))
+        except Exception as err:  # noqa: BLE001
+            raise CTInputError(f"{path}: cannot read mask ({type(err).__name__}: {err})") from err
+        mask = RAS(raw)
+        if tuple(mask.shape[1:]) != tuple(reference.shape[1:]):
+            raise CTInputError(f"{path}: mask shape {tuple(mask.shape[1:])} does not match the volume's "
+                               f"{tuple(reference.shape[1:])}")
+        if not np.allclose(np.asarray(mask.affine, dtype=np.float64), ref_affine, atol=1e-3):
+            raise CTInputError(f"{path}: mask affine does not match the volume's affine (in RAS)\n"
+                               f"mask:\n{np.asarray(mask.affine)}\nvolume:\n{ref_affine}")
+        stacked[REGION_INDEX[region]] = (mask.as_tensor()[0] > 0).to(torch.uint8)
+        present[REGION_INDEX[region]] = 1
+    return MetaTensor(stacked, affine=reference.affine.clone(), meta={"space": "RAS"}), present
