@@ -15,8 +15,9 @@ from strata.pose.demo import generate_demo_pose, to_mabe_dict, write_demo_pose
 from strata.pose.errors import PoseFormatError
 from strata.pose.readers import read_pose_file
 
-DEMO = DemoPoseConfig(n_sequences=3, n_frames=120, n_agents=3, n_keypoints=12,
-                      arena_px=850.0, missing_fraction=0.05)
+DEMO = DemoPoseConfig(
+    n_sequences=3, n_frames=120, n_agents=3, n_keypoints=12, arena_px=850.0, missing_fraction=0.05
+)
 
 
 class _RunsShell:
@@ -52,7 +53,7 @@ def _assert_same(a: object, b: object) -> None:
             _assert_same(a[key], b[key])
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _assert_same(x, y)
     elif isinstance(a, np.ndarray):
         assert isinstance(b, np.ndarray) and a.dtype == b.dtype
@@ -78,16 +79,20 @@ def test_plain_numeric_npy_loads_without_pickle(tmp_path: Path) -> None:
 
 
 def test_numpy_scalars_and_containers_are_accepted(tmp_path: Path) -> None:
-    data = {"a": [1, 2.5, "x", None, True], "b": (np.float32(1.5), np.int64(3)),
-            "c": {"nested": np.zeros((2, 2), np.int16)}}
+    data = {
+        "a": [1, 2.5, "x", None, True],
+        "b": (np.float32(1.5), np.int64(3)),
+        "c": {"nested": np.zeros((2, 2), np.int16)},
+    }
     loaded = load_npy_safely(_save_pickled(tmp_path / "ok.npy", data))
     _assert_same(data, loaded)
 
 
 def test_os_system_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    path = _save_pickled(tmp_path / "evil.npy",
-                         {"sequences": {"s": {"keypoints": _RunsShell(f"touch {marker}")}}})
+    path = _save_pickled(
+        tmp_path / "evil.npy", {"sequences": {"s": {"keypoints": _RunsShell(f"touch {marker}")}}}
+    )
     with pytest.raises(UnsafeNpyError) as err:
         load_npy_safely(path)
     assert str(path) in str(err.value)
@@ -129,5 +134,5 @@ def test_truncated_file_names_the_file(tmp_path: Path) -> None:
 def test_not_an_npy_file(tmp_path: Path) -> None:
     path = tmp_path / "junk.npy"
     path.write_bytes(b"not numpy at all")
-    with pytest.raises(UnsafeNpyError, match="junk.npy"):
+    with pytest.raises(UnsafeNpyError, match=r"junk\.npy"):
         load_npy_safely(path)

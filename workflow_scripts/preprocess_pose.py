@@ -11,4 +11,9 @@ snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 with snakemake_logging(snakemake.log[0]) as log:
     cfg = from_dict(PosePreprocessConfig, dict(snakemake.params.pose), where="preprocess.pose")
     log.info("preprocess pose %s with %s", snakemake.input.pose, cfg)
-    preprocess_pose(cfg, Path(snakemake.input.pose), Path(snakemake.output.shards), Path(snakemake.output.manifest))
+    preprocess_pose(
+        cfg,
+        Path(snakemake.input.pose),
+        Path(snakemake.output.shards),
+        Path(snakemake.output.manifest),
+    )

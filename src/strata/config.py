@@ -10,6 +10,8 @@ dict that could hide a misspelled option.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -102,6 +104,11 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def config_sha256(obj: Any) -> str:
+    """Content hash of a config object (part of every cache key)."""
+    return hashlib.sha256(json.dumps(to_dict(obj), sort_keys=True).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- data sources

@@ -21,8 +21,6 @@ affine             float64 [4, 4]         RAS affine of ``image``/``masks``
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,7 +32,7 @@ from monai.data import MetaTensor
 from monai.transforms import Resize, ScaleIntensityRange
 from monai.transforms.utils import generate_spatial_bounding_box
 
-from strata.config import CTPreprocessConfig, to_dict
+from strata.config import CTPreprocessConfig, config_sha256
 from strata.ct.load import load_masks, load_volume
 from strata.ct.regions import REGIONS
 from strata.ct.resample import resample_to_spacing
@@ -62,10 +60,6 @@ MANIFEST_COLUMNS = {
 class PreprocessedStudy:
     tensors: dict[str, torch.Tensor]
     row: dict[str, object]
-
-
-def params_hash(cfg: CTPreprocessConfig) -> str:
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
 
 
 def _channels(x: torch.Tensor, cfg: CTPreprocessConfig) -> torch.Tensor:
@@ -133,7 +127,7 @@ def preprocess_study(study_id: str, kind: Literal["nifti", "dicom"], files: list
         "n_slices": volume.n_slices,
         "regions_present": [r for r, p in zip(REGIONS, present) if p],
         "warnings": volume.warnings,
-        "params_sha256": params_hash(cfg),
+        "params_sha256": config_sha256(cfg),
     }
     return PreprocessedStudy(tensors, row)
 
@@ -144,8 +138,8 @@ def run_preprocess_ct(study_id: str, kind: Literal["nifti", "dicom"], files: lis
     result = preprocess_study(study_id, kind, files, masks, cfg)
     result.row["cache_file"] = str(cache_file)
     save_tensors(result.tensors, cache_file, metadata={
-        "study_id": study_id, "source_sha256": str(result.row["source_sha256"]),
-        "params_sha256": str(result.row["params_sha256"])})
+        "study_id": study_id, "source_sha256": result.row["source_sha256"],
+        "params_sha256": result.row["params_sha256"]})
     write_parquet(pd.DataFrame([result.row], columns=list(MANIFEST_COLUMNS)), row_file)
 
 

@@ -39,20 +39,22 @@ _JITTER_PX = 0.7
 _MARGIN_PX = 130.0  # keeps whole bodies (tail tip included) inside the arena
 
 # Body-frame offsets (px; +x towards the nose, +y the mouse's left), in KEYPOINTS order.
-_BODY = np.array([
-    [45.0, 0.0],     # nose
-    [30.0, 9.0],     # ear_left
-    [30.0, -9.0],    # ear_right
-    [22.0, 0.0],     # neck
-    [14.0, 13.0],    # forepaw_left
-    [14.0, -13.0],   # forepaw_right
-    [0.0, 0.0],      # center
-    [-24.0, 15.0],   # hindpaw_left
-    [-24.0, -15.0],  # hindpaw_right
-    [-45.0, 0.0],    # tail_base
-    [-75.0, 0.0],    # tail_middle
-    [-105.0, 0.0],   # tail_tip
-])
+_BODY = np.array(
+    [
+        [45.0, 0.0],  # nose
+        [30.0, 9.0],  # ear_left
+        [30.0, -9.0],  # ear_right
+        [22.0, 0.0],  # neck
+        [14.0, 13.0],  # forepaw_left
+        [14.0, -13.0],  # forepaw_right
+        [0.0, 0.0],  # center
+        [-24.0, 15.0],  # hindpaw_left
+        [-24.0, -15.0],  # hindpaw_right
+        [-45.0, 0.0],  # tail_base
+        [-75.0, 0.0],  # tail_middle
+        [-105.0, 0.0],  # tail_tip
+    ]
+)
 assert _BODY.shape == (N_KEYPOINTS, 2)
 _GAIT_SIGN = np.zeros(N_KEYPOINTS)  # diagonal gait: left fore + right hind swing together
 _GAIT_SIGN[[KEYPOINTS.index("forepaw_left"), KEYPOINTS.index("hindpaw_right")]] = 1.0
@@ -82,9 +84,16 @@ def _segments(rng: np.random.Generator, n_frames: int) -> np.ndarray:
     return np.repeat(np.asarray(behaviours, np.int64), lengths)[:n_frames]
 
 
-def _walk(rng: np.random.Generator, pos: np.ndarray, heading: np.ndarray, n: int, behaviour: int,
-          lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """Own motion of every agent for ``n`` frames: positions ``[n, A, 2]`` and headings ``[n, A]``."""
+def _walk(
+    rng: np.random.Generator,
+    pos: np.ndarray,
+    heading: np.ndarray,
+    n: int,
+    behaviour: int,
+    lo: float,
+    hi: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Own motion of every agent for ``n`` frames: positions ``[n, A, 2]``, headings ``[n, A]``."""
     a = pos.shape[0]
     theta = heading + np.cumsum(rng.normal(0.0, _TURN_SD[behaviour], (n, a)), axis=0)
     if behaviour == REST:
@@ -98,7 +107,9 @@ def _walk(rng: np.random.Generator, pos: np.ndarray, heading: np.ndarray, n: int
     return folded, np.arctan2(flip[..., 1] * np.sin(theta), flip[..., 0] * np.cos(theta))
 
 
-def _follow(leader: np.ndarray, start: np.ndarray, heading: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+def _follow(
+    leader: np.ndarray, start: np.ndarray, heading: np.ndarray, lag: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A follower that closes in on the leader's path ``lag`` frames behind it."""
     n = leader.shape[0]
     target = leader[np.clip(np.arange(n) - lag, 0, n - 1)]
@@ -113,8 +124,9 @@ def _follow(leader: np.ndarray, start: np.ndarray, heading: np.ndarray, lag: int
     return path, np.where(last >= 0, angle[np.maximum(last, 0)], heading)
 
 
-def _trajectories(rng: np.random.Generator, labels: np.ndarray, n_agents: int,
-                  arena_px: float) -> tuple[np.ndarray, np.ndarray]:
+def _trajectories(
+    rng: np.random.Generator, labels: np.ndarray, n_agents: int, arena_px: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Centre positions ``[T, A, 2]`` and headings ``[T, A]``, generated segment by segment."""
     lo, hi = _MARGIN_PX, arena_px - _MARGIN_PX
     pos = rng.uniform(lo, hi, (n_agents, 2))
@@ -127,7 +139,8 @@ def _trajectories(rng: np.random.Generator, labels: np.ndarray, n_agents: int,
         if behaviour == CHASE:
             for agent in range(1, n_agents):
                 seg_pos[:, agent], seg_head[:, agent] = _follow(
-                    seg_pos[:, 0], pos[agent], heading[agent], _FOLLOW_LAG * agent)
+                    seg_pos[:, 0], pos[agent], heading[agent], _FOLLOW_LAG * agent
+                )
         positions.append(seg_pos)
         headings.append(seg_head)
         pos, heading = seg_pos[-1], seg_head[-1]
@@ -146,12 +159,16 @@ def _bodies(rng: np.random.Generator, centres: np.ndarray, headings: np.ndarray)
     local[..., 1] -= np.clip(turn, -0.15, 0.15)[..., None] * _TAIL_BEND
     local *= scale
     cos, sin = np.cos(headings)[..., None], np.sin(headings)[..., None]
-    world = np.stack([cos * local[..., 0] - sin * local[..., 1],
-                      sin * local[..., 0] + cos * local[..., 1]], axis=-1)
+    world = np.stack(
+        [cos * local[..., 0] - sin * local[..., 1], sin * local[..., 0] + cos * local[..., 1]],
+        axis=-1,
+    )
     return world + centres[:, :, None, :] + rng.normal(0.0, _JITTER_PX, world.shape)
 
 
-def _missing_mask(rng: np.random.Generator, shape: tuple[int, int, int], fraction: float) -> np.ndarray:
+def _missing_mask(
+    rng: np.random.Generator, shape: tuple[int, int, int], fraction: float
+) -> np.ndarray:
     """bool ``[T, A, K]`` of missing keypoints: single frames and 2-10 frame gaps."""
     t, a, k = shape
     mean_length = 0.5 * 1 + 0.5 * 6.0
@@ -168,13 +185,17 @@ def _missing_mask(rng: np.random.Generator, shape: tuple[int, int, int], fractio
 def generate_demo_pose(cfg: DemoPoseConfig, seed: int) -> dict[str, PoseSequence]:
     """The synthetic sequences ``seq0000``, ``seq0001``, ... for ``cfg`` and ``seed``."""
     if cfg.n_keypoints != N_KEYPOINTS:
-        raise ConfigError(f"demo.pose.n_keypoints: the mouse skeleton has {N_KEYPOINTS} keypoints, "
-                          f"got {cfg.n_keypoints}")
+        raise ConfigError(
+            f"demo.pose.n_keypoints: the mouse skeleton has {N_KEYPOINTS} keypoints, "
+            f"got {cfg.n_keypoints}"
+        )
     for key in ("n_sequences", "n_frames", "n_agents"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"demo.pose.{key}: must be >= 1, got {getattr(cfg, key)}")
     if not 0.0 <= cfg.missing_fraction < 1.0:
-        raise ConfigError(f"demo.pose.missing_fraction: must be in [0, 1), got {cfg.missing_fraction}")
+        raise ConfigError(
+            f"demo.pose.missing_fraction: must be in [0, 1), got {cfg.missing_fraction}"
+        )
     if cfg.arena_px <= 4 * _MARGIN_PX:
         raise ConfigError(f"demo.pose.arena_px: must exceed {4 * _MARGIN_PX}, got {cfg.arena_px}")
 
@@ -194,9 +215,12 @@ def to_mabe_dict(sequences: dict[str, PoseSequence]) -> dict:
     return {
         "vocabulary": [BEHAVIOUR_TASK],
         "sequences": {
-            name: {"keypoints": seq.keypoints,
-                   "annotations": (seq.labels if seq.labels is not None
-                                   else np.full(seq.n_frames, -1, np.int64))[None, :]}
+            name: {
+                "keypoints": seq.keypoints,
+                "annotations": (
+                    seq.labels if seq.labels is not None else np.full(seq.n_frames, -1, np.int64)
+                )[None, :],
+            }
             for name, seq in sequences.items()
         },
     }

@@ -28,15 +28,19 @@ def to_long_frame(sequences: Mapping[str, PoseSequence]) -> pd.DataFrame:
     for name, seq in sequences.items():
         t, a, k, _ = seq.keypoints.shape
         labels = seq.labels if seq.labels is not None else np.full(t, UNKNOWN_LABEL, np.int64)
-        parts.append(pd.DataFrame({
-            "sequence": np.full(t * a * k, name, dtype=object),
-            "frame": np.repeat(np.arange(t, dtype=np.int64), a * k),
-            "agent": np.tile(np.repeat(np.arange(a, dtype=np.int64), k), t),
-            "keypoint": np.tile(np.asarray(KEYPOINTS, dtype=object), t * a),
-            "x": seq.keypoints[..., 0].reshape(-1),
-            "y": seq.keypoints[..., 1].reshape(-1),
-            "behaviour": np.repeat(labels.astype(np.int64), a * k),
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "sequence": np.full(t * a * k, name, dtype=object),
+                    "frame": np.repeat(np.arange(t, dtype=np.int64), a * k),
+                    "agent": np.tile(np.repeat(np.arange(a, dtype=np.int64), k), t),
+                    "keypoint": np.tile(np.asarray(KEYPOINTS, dtype=object), t * a),
+                    "x": seq.keypoints[..., 0].reshape(-1),
+                    "y": seq.keypoints[..., 1].reshape(-1),
+                    "behaviour": np.repeat(labels.astype(np.int64), a * k),
+                }
+            )
+        )
     if not parts:
         raise ValueError("no sequences to write")
     return pd.concat(parts, ignore_index=True)
@@ -51,14 +55,18 @@ def from_long_frame(frame: pd.DataFrame, source: str) -> dict[str, PoseSequence]
     """
     missing = [c for c in _REQUIRED if c not in frame.columns]
     if missing:
-        raise PoseFormatError(f"{source}: missing column(s) {missing}; expected {list(LONG_COLUMNS)}")
+        raise PoseFormatError(
+            f"{source}: missing column(s) {missing}; expected {list(LONG_COLUMNS)}"
+        )
     if frame.empty:
         raise PoseFormatError(f"{source}: the pose table has no rows")
 
     kp_names = frame["keypoint"].astype(str).to_numpy()
     unknown = sorted(set(np.unique(kp_names)) - set(KEYPOINTS))
     if unknown:
-        raise PoseFormatError(f"{source}: unknown keypoint name(s) {unknown}; expected {list(KEYPOINTS)}")
+        raise PoseFormatError(
+            f"{source}: unknown keypoint name(s) {unknown}; expected {list(KEYPOINTS)}"
+        )
     kp_idx = pd.Series(kp_names).map(KEYPOINT_INDEX).to_numpy(np.int64)
 
     frames_f = pd.to_numeric(frame["frame"], errors="coerce").to_numpy(np.float64)
@@ -86,7 +94,9 @@ def from_long_frame(frame: pd.DataFrame, source: str) -> dict[str, PoseSequence]
         t = int(frames[rows].max()) + 1
         flat = (frames[rows] * n_agents + agent_codes[rows]) * N_KEYPOINTS + kp_idx[rows]
         if len(np.unique(flat)) != len(flat):
-            raise PoseFormatError(f"{source}, sequence {name!r}: duplicate (frame, agent, keypoint) rows")
+            raise PoseFormatError(
+                f"{source}, sequence {name!r}: duplicate (frame, agent, keypoint) rows"
+            )
         keypoints = np.full((t * n_agents * N_KEYPOINTS, 2), np.nan, np.float32)
         keypoints[flat] = xy[rows]
         labels = None
@@ -95,7 +105,8 @@ def from_long_frame(frame: pd.DataFrame, source: str) -> dict[str, PoseSequence]
             labels[frames[rows]] = labels_col[rows]
             if np.any(labels[frames[rows]] != labels_col[rows]):
                 raise PoseFormatError(
-                    f"{source}, sequence {name!r}: rows of one frame carry different 'behaviour' values"
+                    f"{source}, sequence {name!r}: rows of one frame carry "
+                    "different 'behaviour' values"
                 )
         out[str(name)] = PoseSequence(keypoints.reshape(t, n_agents, N_KEYPOINTS, 2), labels)
     return out

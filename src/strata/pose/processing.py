@@ -76,14 +76,18 @@ def interpolate_missing(keypoints: np.ndarray, where: str) -> tuple[np.ndarray, 
     never = ~observed.any(axis=0)  # [A, K] keypoints with no observation at all
     if never.any():
         ever = ~never
-        agent_mean = (np.where(ever[None, :, :, None], filled, 0.0).sum(axis=2)
-                      / ever.sum(axis=1)[None, :, None])  # [T, A, 2]
+        agent_mean = (
+            np.where(ever[None, :, :, None], filled, 0.0).sum(axis=2)
+            / ever.sum(axis=1)[None, :, None]
+        )  # [T, A, 2]
         filled = np.where(never[None, :, :, None], agent_mean[:, :, None, :], filled)
     return filled.astype(np.float32), observed
 
 
-def normalise(keypoints: np.ndarray, center: Literal["arena", "none"], arena_px: float) -> np.ndarray:
-    """``arena``: (xy - arena_px / 2) / (arena_px / 2), so the arena spans [-1, 1]; ``none``: pixels."""
+def normalise(
+    keypoints: np.ndarray, center: Literal["arena", "none"], arena_px: float
+) -> np.ndarray:
+    """``arena``: (xy - arena_px / 2) / (arena_px / 2), arena -> [-1, 1]; ``none``: pixels."""
     if center == "none":
         return keypoints
     half = np.float32(arena_px / 2.0)
@@ -109,7 +113,7 @@ def egocentric(keypoints: np.ndarray) -> np.ndarray:
 
 
 def flatten_features(keypoints: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[T, A, K, 2]`` -> float32 ``[T, F]`` in (agent, keypoint, xy) order, + uint8 mask ``[T, F]``."""
+    """``[T, A, K, 2]`` -> float32 ``[T, F]`` in (agent, keypoint, xy) order + uint8 mask."""
     t = keypoints.shape[0]
     features = np.ascontiguousarray(keypoints, dtype=np.float32).reshape(t, -1)
     valid = np.repeat(observed, 2, axis=-1).reshape(t, -1).astype(np.uint8)
@@ -138,7 +142,7 @@ def window_valid_fraction(valid: np.ndarray, starts: np.ndarray, window: int) ->
 
 
 def majority_labels(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
-    """Most frequent known label per window row of ``[N, T]`` (ties -> smaller label; -1 if none)."""
+    """Most frequent known label per row of ``[N, T]`` (ties -> smaller label; -1 if none)."""
     if labels.size == 0:
         return np.zeros(labels.shape[0], np.int64)
     n = int(labels.max()) + 1 if n_classes is None else n_classes
@@ -149,9 +153,14 @@ def majority_labels(labels: np.ndarray, n_classes: int | None = None) -> np.ndar
     return np.where(counts.max(axis=1) > 0, best, UNKNOWN_LABEL).astype(np.int64)
 
 
-def prepare_sequence(keypoints: np.ndarray, center: Literal["arena", "none"], arena_px: float,
-                     use_egocentric: bool, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 1-4 for one sequence: float32 features ``[T, F]`` and uint8 observed mask ``[T, F]``."""
+def prepare_sequence(
+    keypoints: np.ndarray,
+    center: Literal["arena", "none"],
+    arena_px: float,
+    use_egocentric: bool,
+    where: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-4 for one sequence: float32 features ``[T, F]``, uint8 observed mask ``[T, F]``."""
     filled, observed = interpolate_missing(keypoints, where)
     coords = normalise(filled, center, arena_px)
     if use_egocentric:

@@ -51,7 +51,9 @@ def read_pose_file(path: str | Path, label_task: str = BEHAVIOUR_TASK) -> dict[s
         except Exception as err:  # pyarrow/pandas raise many types for unreadable files
             raise PoseFormatError(f"{path}: cannot read pose table: {err}") from err
         return from_long_frame(frame, str(path))
-    raise PoseFormatError(f"{path}: unsupported pose file type {suffix!r} (use .npy, .parquet or .csv)")
+    raise PoseFormatError(
+        f"{path}: unsupported pose file type {suffix!r} (use .npy, .parquet or .csv)"
+    )
 
 
 def _from_mabe_dict(data: Any, source: str, label_task: str) -> dict[str, PoseSequence]:
@@ -75,16 +77,21 @@ def _from_mabe_dict(data: Any, source: str, label_task: str) -> dict[str, PoseSe
             raise PoseFormatError(f"{where}: 'keypoints' must be a numeric array")
         if kp.ndim != 4 or kp.shape[2:] != (N_KEYPOINTS, 2) or kp.shape[0] < 1 or kp.shape[1] < 1:
             raise PoseFormatError(
-                f"{where}: 'keypoints' has shape {list(kp.shape)}; expected [T, agents, {N_KEYPOINTS}, 2]"
+                f"{where}: 'keypoints' has shape {list(kp.shape)}; "
+                f"expected [T, agents, {N_KEYPOINTS}, 2]"
             )
         labels = None
         if task is not None and "annotations" in entry:
-            labels = _labels_from_annotations(entry["annotations"], task, len(vocabulary), kp.shape[0], where)
+            labels = _labels_from_annotations(
+                entry["annotations"], task, len(vocabulary), kp.shape[0], where
+            )
         out[str(name)] = PoseSequence(kp.astype(np.float32), labels)
     return out
 
 
-def _labels_from_annotations(ann: Any, task: int, n_tasks: int, n_frames: int, where: str) -> np.ndarray:
+def _labels_from_annotations(
+    ann: Any, task: int, n_tasks: int, n_frames: int, where: str
+) -> np.ndarray:
     """Row ``task`` of an ``[n_tasks, T]`` annotation array as int64 (non-finite -> -1)."""
     ann = np.asarray(ann)
     if not np.issubdtype(ann.dtype, np.number) or ann.shape != (n_tasks, n_frames):

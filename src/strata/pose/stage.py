@@ -11,7 +11,7 @@ may be shorter), tensors
 * ``valid``  uint8   ``[N, T, 1, F]`` — 1 where the keypoint was observed, 0 where filled;
 * ``labels`` int64   ``[N, T]``       — per-frame behaviour, -1 where unknown;
 
-and safetensors metadata ``strata_pose``: a JSON object with ``source_sha256``,
+and safetensors metadata (``strata.io.atomic.read_tensor_metadata``): ``source_sha256``,
 ``params`` (the config) and ``keypoints`` (names in feature order).
 
 ``<manifest>`` (parquet), one row per window, in shard order:
@@ -36,8 +36,6 @@ Sequences are processed in sorted name order, so two runs give identical bytes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +45,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from strata.config import ConfigError, PosePreprocessConfig, to_dict
+from strata.config import ConfigError, PosePreprocessConfig, config_sha256, to_dict
 from strata.io.atomic import atomic_dir, save_tensors, sha256_files, write_parquet
 from strata.pose.errors import PoseFormatError
 from strata.pose.keypoints import KEYPOINTS, UNKNOWN_LABEL
@@ -66,8 +64,16 @@ from strata.pose.sequence import PoseSequence
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "window_id", "shard", "index", "sequence", "start", "stop",
-    "valid_fraction", "label", "source_sha256", "params_sha256",
+    "window_id",
+    "shard",
+    "index",
+    "sequence",
+    "start",
+    "stop",
+    "valid_fraction",
+    "label",
+    "source_sha256",
+    "params_sha256",
 )
 
 
@@ -101,7 +107,9 @@ def _check_config(cfg: PosePreprocessConfig) -> None:
         raise ConfigError("preprocess.pose: " + "; ".join(problems))
 
 
-def _plan(sequences: dict[str, PoseSequence], cfg: PosePreprocessConfig, source: Path) -> list[_SequencePlan]:
+def _plan(
+    sequences: dict[str, PoseSequence], cfg: PosePreprocessConfig, source: Path
+) -> list[_SequencePlan]:
     """Validate every sequence and choose its windows; raises before any output exists."""
     plans = []
     n_agents = None
@@ -116,7 +124,9 @@ def _plan(sequences: dict[str, PoseSequence], cfg: PosePreprocessConfig, source:
                 "(every window must have the same feature count)"
             )
         if seq.n_frames < cfg.window:
-            raise PoseFormatError(f"{where}: {seq.n_frames} frames, shorter than one window of {cfg.window}")
+            raise PoseFormatError(
+                f"{where}: {seq.n_frames} frames, shorter than one window of {cfg.window}"
+            )
         observed = observed_mask(seq.keypoints)
         check_agents_observed(observed, where)
         starts = window_starts(seq.n_frames, cfg.window, cfg.stride)
@@ -125,7 +135,8 @@ def _plan(sequences: dict[str, PoseSequence], cfg: PosePreprocessConfig, source:
         plans.append(_SequencePlan(name, starts[keep], fraction[keep]))
     if sum(len(p.starts) for p in plans) == 0:
         raise PoseFormatError(
-            f"{source}: no window has a valid fraction >= min_valid_fraction={cfg.min_valid_fraction}"
+            f"{source}: no window has a valid fraction >= "
+            f"min_valid_fraction={cfg.min_valid_fraction}"
         )
     return plans
 
@@ -133,7 +144,7 @@ def _plan(sequences: dict[str, PoseSequence], cfg: PosePreprocessConfig, source:
 class _ShardWriter:
     """Collects windows and writes a shard every ``shard_size`` windows."""
 
-    def __init__(self, out_dir: Path, shard_size: int, metadata: dict[str, str]) -> None:
+    def __init__(self, out_dir: Path, shard_size: int, metadata: dict[str, object]) -> None:
         self.out_dir, self.shard_size, self.metadata = out_dir, shard_size, metadata
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._count = 0
@@ -150,19 +161,34 @@ class _ShardWriter:
             self._flush(self._count)
 
     def _flush(self, n: int) -> None:
-        x, valid, labels = (np.concatenate(arrays) for arrays in zip(*self._parts))
+        taken: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        need = n
+        while need:  # take exactly n windows from the front, copying each window once
+            x, valid, labels = self._parts[0]
+            if len(x) <= need:
+                taken.append(self._parts.pop(0))
+                need -= len(x)
+            else:
+                taken.append((x[:need], valid[:need], labels[:need]))
+                self._parts[0] = (x[need:], valid[need:], labels[need:])
+                need = 0
+        x, valid, labels = (np.concatenate(arrays) for arrays in zip(*taken, strict=True))
         save_tensors(
-            {"x": torch.from_numpy(x[:n]), "valid": torch.from_numpy(valid[:n]),
-             "labels": torch.from_numpy(labels[:n])},
+            {
+                "x": torch.from_numpy(x),
+                "valid": torch.from_numpy(valid),
+                "labels": torch.from_numpy(labels),
+            },
             self.out_dir / shard_name(self.n_shards),
             metadata=self.metadata,
         )
         self.n_shards += 1
         self._count -= n
-        self._parts = [(x[n:], valid[n:], labels[n:])] if self._count else []
 
 
-def preprocess_pose(cfg: PosePreprocessConfig, source: Path, shards_dir: Path, manifest: Path) -> pd.DataFrame:
+def preprocess_pose(
+    cfg: PosePreprocessConfig, source: Path, shards_dir: Path, manifest: Path
+) -> pd.DataFrame:
     """Read ``source``, cut windows per ``cfg`` and write shards and the manifest.
 
     Args:
@@ -181,17 +207,20 @@ def preprocess_pose(cfg: PosePreprocessConfig, source: Path, shards_dir: Path, m
     source, shards_dir, manifest = Path(source), Path(shards_dir), Path(manifest)
     _check_config(cfg)
     source_sha = sha256_files([source])
-    params_json = json.dumps(to_dict(cfg), sort_keys=True)
-    params_sha = hashlib.sha256(params_json.encode()).hexdigest()
+    params_sha = config_sha256(cfg)
     sequences = read_pose_file(source)
     plans = _plan(sequences, cfg, source)
     n_windows = sum(len(p.starts) for p in plans)
-    log.info("%s: %d sequences, %d windows of %d frames (stride %d)",
-             source, len(plans), n_windows, cfg.window, cfg.stride)
+    log.info(
+        "%s: %d sequences, %d windows of %d frames (stride %d)",
+        source,
+        len(plans),
+        n_windows,
+        cfg.window,
+        cfg.stride,
+    )
 
-    # one metadata key: safetensors writes a multi-key metadata map in random order
-    metadata = {"strata_pose": json.dumps(
-        {"source_sha256": source_sha, "params": to_dict(cfg), "keypoints": list(KEYPOINTS)}, sort_keys=True)}
+    metadata = {"source_sha256": source_sha, "params": to_dict(cfg), "keypoints": list(KEYPOINTS)}
     rows = []
     with atomic_dir(shards_dir) as tmp_dir:
         writer = _ShardWriter(tmp_dir, cfg.shard_size, metadata)
@@ -199,20 +228,35 @@ def preprocess_pose(cfg: PosePreprocessConfig, source: Path, shards_dir: Path, m
             if not len(plan.starts):
                 continue
             seq = sequences[plan.name]
-            features, valid = prepare_sequence(seq.keypoints, cfg.center, cfg.arena_px, cfg.egocentric,
-                                               f"{source}, sequence {plan.name!r}")
-            labels = seq.labels if seq.labels is not None else np.full(seq.n_frames, UNKNOWN_LABEL, np.int64)
+            features, valid = prepare_sequence(
+                seq.keypoints,
+                cfg.center,
+                cfg.arena_px,
+                cfg.egocentric,
+                f"{source}, sequence {plan.name!r}",
+            )
+            labels = (
+                seq.labels
+                if seq.labels is not None
+                else np.full(seq.n_frames, UNKNOWN_LABEL, np.int64)
+            )
             label_windows = cut_windows(labels, plan.starts, cfg.window)
-            writer.add(cut_windows(features, plan.starts, cfg.window)[:, :, None, :],
-                       cut_windows(valid, plan.starts, cfg.window)[:, :, None, :],
-                       label_windows)
-            rows.append(pd.DataFrame({
-                "sequence": plan.name,
-                "start": plan.starts,
-                "stop": plan.starts + cfg.window,
-                "valid_fraction": plan.valid_fraction.astype(np.float64),
-                "label": majority_labels(label_windows),
-            }))
+            writer.add(
+                cut_windows(features, plan.starts, cfg.window)[:, :, None, :],
+                cut_windows(valid, plan.starts, cfg.window)[:, :, None, :],
+                label_windows,
+            )
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "sequence": plan.name,
+                        "start": plan.starts,
+                        "stop": plan.starts + cfg.window,
+                        "valid_fraction": plan.valid_fraction.astype(np.float64),
+                        "label": majority_labels(label_windows),
+                    }
+                )
+            )
         writer.close()
         log.info("wrote %d shard(s) to %s", writer.n_shards, shards_dir)
 
@@ -223,8 +267,17 @@ def preprocess_pose(cfg: PosePreprocessConfig, source: Path, shards_dir: Path, m
     table.insert(2, "index", window_id % cfg.shard_size)
     table["source_sha256"] = source_sha
     table["params_sha256"] = params_sha
-    table = table.astype({"sequence": str, "shard": str, "start": np.int64, "stop": np.int64,
-                          "label": np.int64, "source_sha256": str, "params_sha256": str})
+    table = table.astype(
+        {
+            "sequence": str,
+            "shard": str,
+            "start": np.int64,
+            "stop": np.int64,
+            "label": np.int64,
+            "source_sha256": str,
+            "params_sha256": str,
+        }
+    )
     write_parquet(table[list(MANIFEST_COLUMNS)], manifest)
     log.info("wrote manifest %s (%d rows)", manifest, len(table))
     return table
