@@ -43,7 +43,12 @@ class SeriesCheck:
     files: list[Path]
     series_uid: str
     slice_spacing: float
+    positions: np.ndarray  # slice positions along the normal (mm), in InstanceNumber order
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_gaps(self) -> bool:
+        return len(self.positions) != int(round(abs(self.positions[-1] - self.positions[0]) / self.slice_spacing)) + 1
 
 
 def _read_header(path: Path) -> SliceHeader:
@@ -126,4 +131,5 @@ def check_series(files: list[Path], multiple_series: Literal["error", "largest"]
     instances = [s.instance for s in slices]
     if len(set(instances)) != len(instances) or instances not in (sorted(instances), sorted(instances, reverse=True)):
         raise CTInputError(f"{folder}: InstanceNumber does not follow the slice positions in series {uid}")
-    return SeriesCheck([s.path for s in slices], uid, spacing, warnings)
+    by_instance = distance[order] if instances == sorted(instances) else distance[order][::-1]
+    return SeriesCheck([s.path for s in slices], uid, spacing, by_instance, warnings)

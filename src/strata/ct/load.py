@@ -22,6 +22,7 @@ from strata.config import CTPreprocessConfig
 from strata.ct.dicom_series import check_series
 from strata.ct.errors import CTInputError
 from strata.ct.regions import REGION_INDEX, REGIONS
+from strata.ct.resample import resample_axis
 
 RAS = Orientation(axcodes="RAS", labels=None)
 
@@ -47,6 +48,7 @@ def _quiet_load(loader: LoadImage, source: str | list[str]) -> MetaTensor:
 def load_volume(kind: Literal["nifti", "dicom"], files: list[Path], cfg: CTPreprocessConfig) -> LoadedVolume:
     """Read a NIfTI file or a checked DICOM series and orient it to RAS."""
     notes: list[str] = []
+    series = None
     if kind == "dicom":
         series = check_series(files, cfg.multiple_series, cfg.on_missing_slice, cfg.spacing_tolerance)
         notes.extend(series.warnings)
@@ -72,8 +74,28 @@ def load_volume(kind: Literal["nifti", "dicom"], files: list[Path], cfg: CTPrepr
         raise CTInputError(f"{source}: volume contains {bad} NaN/inf voxels")
     spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
     shape = tuple(int(s) for s in image.shape[1:])
+    if series is not None and series.has_gaps:
+        image = fill_missing_slices(image, series.positions, series.slice_spacing)
+        spacing = (*spacing[:2], series.slice_spacing)
     oriented = RAS(image)
     return LoadedVolume(oriented, spacing, shape, shape[2], read_files, notes)
+
+
+def fill_missing_slices(image: MetaTensor, positions: np.ndarray, spacing: float) -> MetaTensor:
+    """Put a series with missing slices back on its uniform grid (linear along the normal).
+
+    MONAI stacks the slices it has and spreads them evenly between the first and last
+    position, which would stretch every slice after a gap; here the stack is resampled
+    at the uniform positions, so the volume keeps its geometry and matches its masks.
+    """
+    step = spacing if positions[-1] > positions[0] else -spacing
+    n_full = int(round((positions[-1] - positions[0]) / step)) + 1
+    targets = positions[0] + step * np.arange(n_full)
+    source_index = np.interp(targets * np.sign(step), positions * np.sign(step), np.arange(len(positions)))
+    data = resample_axis(image.as_tensor(), 3, source_index, "bilinear")
+    affine = image.affine.clone()
+    affine[:3, 2] *= (len(positions) - 1) / (n_full - 1)
+    return MetaTensor(data, affine=affine, meta=dict(image.meta))
 
 
 def load_masks(masks: dict[str, Path], reference: MetaTensor) -> tuple[MetaTensor, np.ndarray]:

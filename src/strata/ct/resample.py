@@ -40,7 +40,7 @@ def axis_map(src_affine: np.ndarray, dst_affine: np.ndarray, atol: float = 1e-6)
     return np.stack([np.diag(linear), xform[:3, 3]], axis=1)
 
 
-def _resample_axis(x: torch.Tensor, dim: int, coords: np.ndarray, mode: Mode) -> torch.Tensor:
+def resample_axis(x: torch.Tensor, dim: int, coords: np.ndarray, mode: Mode) -> torch.Tensor:
     """1-D resampling of ``x`` along ``dim`` at source ``coords`` (border padding)."""
     size = x.shape[dim]
     coords = np.clip(coords, 0.0, size - 1)
@@ -75,5 +75,5 @@ def resample_to_spacing(image: MetaTensor, spacing: tuple[float, float, float], 
     for axis in order:
         scale, shift = per_axis[axis]
         coords = scale * np.arange(dst_shape[axis], dtype=np.float64) + shift
-        data = _resample_axis(data, axis + 1, coords, mode)
+        data = resample_axis(data, axis + 1, coords, mode)
     return MetaTensor(data, affine=torch.as_tensor(dst_affine), meta={"space": "RAS"})
