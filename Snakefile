@@ -1,8 +1,11 @@
 # strata: CT and pose data -> cached features -> hierarchical models -> per-checkpoint
 # generation, evaluation and figures. See README.md; the stages are in rules/*.smk.
 from snakemake.utils import min_version, validate
+from strata.config import read_yaml
 
 min_version("9.0")
+
+read_yaml("config/config.yaml")  # a malformed default config is an error naming the file
 
 
 configfile: "config/config.yaml"

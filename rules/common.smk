@@ -18,6 +18,26 @@ wildcard_constraints:
     study="[A-Za-z0-9_.-]+",
 
 
+def _sorted(value):
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def config_subset(*keys):
+    """The config section a rule depends on, as its params.
+
+    Keys are sorted so that Snakemake's params trigger fires on a changed value only,
+    never on the order in which a config file lists its keys.
+    """
+    node = config
+    for key in keys:
+        node = node[key]
+    return _sorted(node)
+
+
 def ct_study_inputs(wildcards):
     """The volume files and region masks of one study (so a change re-runs only it)."""
     study = STUDY[wildcards.study]

@@ -6,8 +6,8 @@ if config["data"]["demo"]:
         output:
             demo_ct_outputs(),
         params:
-            data=config["data"]["ct"],
-            demo=config["demo"]["ct"],
+            data=config_subset("data", "ct"),
+            demo=config_subset("demo", "ct"),
             seed=config["seed"],
         log:
             "results/logs/demo_data_ct.log",
@@ -21,7 +21,7 @@ if config["data"]["demo"]:
             npy=config["data"]["pose"]["path"],
             parquet=pose_long_path(),
         params:
-            demo=config["demo"]["pose"],
+            demo=config_subset("demo", "pose"),
             seed=config["seed"],
         log:
             "results/logs/demo_data_pose.log",

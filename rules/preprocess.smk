@@ -8,7 +8,7 @@ rule preprocess_ct:
         tensors="results/cache/ct/studies/{study}.safetensors",
         row="results/cache/ct/rows/{study}.parquet",
     params:
-        ct=config["preprocess"]["ct"],
+        ct=config_subset("preprocess", "ct"),
     log:
         "results/logs/preprocess_ct/{study}.log",
     benchmark:
@@ -52,7 +52,7 @@ rule preprocess_pose:
         shards=directory("results/cache/pose/shards"),
         manifest="results/cache/pose/manifest.parquet",
     params:
-        pose=config["preprocess"]["pose"],
+        pose=config_subset("preprocess", "pose"),
     log:
         "results/logs/preprocess_pose.log",
     benchmark:

@@ -246,14 +246,22 @@ class StrataConfig:
     preprocess: PreprocessConfig
 
 
+def read_yaml(path: str | Path) -> Any:
+    """Parse a config file; an unreadable or malformed file is an error naming it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config file: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping, found {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path) -> StrataConfig:
     """Read a YAML file, validate it against the schema and build the typed config."""
     from strata.schema import validate_config
 
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read config: {err}") from err
+    raw = read_yaml(path)
     validate_config(raw, source=str(path))
     return from_dict(StrataConfig, raw, where=str(path))

@@ -90,10 +90,11 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], fi
     hu[abdomen] = 60.0
     hu[mediastinum] = -60.0
     hu[lung] = -850.0
-    if findings.effusion != "none":
+    if findings.effusion != "none":  # fluid in the pleural space displaces the lung base
         fluid = lungs[findings.effusion] & (y < -35 * ky) & (z < -20 * kz)
         hu[fluid] = 15.0
         pleura = pleura | fluid
+        lung = lung & ~fluid
     if findings.nodule_mm:
         side = lungs[findings.nodule_side]
         cx = (1.0 if findings.nodule_side == "right" else -1.0) * 65 * kx + jitter[0]

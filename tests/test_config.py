@@ -1,0 +1,98 @@
+"""Config validation: a wrong key or value stops the run with a message naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from strata.config import ConfigError, StrataConfig, from_dict, load_config
+from strata.schema import validate_config
+
+from conftest import REPO, copy_workflow, run_snakemake
+
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def changed(**edits: object) -> dict:
+    """A copy of the default config with dotted keys set (``None`` deletes the key)."""
+    config = copy.deepcopy(DEFAULT)
+    for dotted, value in edits.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return config
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/full.yaml"])
+def test_shipped_configs_are_valid(path):
+    raw = yaml.safe_load((REPO / path).read_text())
+    validate_config({**raw, "data": {**raw["data"], "demo": True}})
+    assert isinstance(from_dict(StrataConfig, raw), StrataConfig)
+
+
+CASES = [
+    (changed(preprocess__pose__windw=64), r"'windw' was unexpected"),
+    (changed(preprocess__pose__window="abc"), r"preprocess\.pose\.window: 'abc' is not of type 'integer'"),
+    (changed(preprocess__ct__on_missing_slice="ignore"), r"preprocess\.ct\.on_missing_slice: 'ignore' is not one of"),
+    (changed(preprocess__ct__shape=[64, 64]), r"preprocess\.ct\.shape"),
+    (changed(seed=None), r"'seed' is a required property"),
+    (changed(data__demo=False, data__ct__nifti_root="does/not/exist"), r"data\.ct\.nifti_root: data path"),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), CASES)
+def test_library_validation_names_the_key(tmp_path, config, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_typed_config_refuses_unknown_keys():
+    raw = changed(preprocess__ct__spacng=[1, 1, 1])
+    with pytest.raises(ConfigError, match=r"config\.preprocess\.ct: unknown key\(s\) 'spacng'"):
+        from_dict(StrataConfig, raw)
+
+
+def test_unreadable_config_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match=f"{path}: cannot read config file"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("workflow"))
+
+
+@pytest.mark.parametrize(("config", "needle"), [
+    (changed(preprocess__pose__windw=64), "'windw' was unexpected"),
+    (changed(preprocess__pose__window="abc"), "On instance['preprocess']['pose']['window']"),
+    (changed(data__demo=False, data__ct__nifti_root="does/not/exist"), "key data.ct.nifti_root: data path"),
+])
+def test_snakemake_stops_before_any_job_naming_the_key(workflow, config, needle):
+    path = workflow / "override.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(workflow, "-n", "--cores", "1", "--configfile", str(path), check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stdout + proc.stderr
+    assert not (workflow / "results").exists() and not (workflow / "data").exists()
+
+
+def test_snakemake_names_a_malformed_default_config(tmp_path):
+    workflow = copy_workflow(tmp_path / "wf")
+    (workflow / "config" / "config.yaml").write_text("seed: [1,\n")
+    proc = run_snakemake(workflow, "-n", "--cores", "1", check=False)
+    assert proc.returncode != 0
+    assert "config/config.yaml: cannot read config file" in proc.stdout + proc.stderr
