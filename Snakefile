@@ -5,7 +5,9 @@ from strata.config import read_yaml
 
 min_version("9.0")
 
-read_yaml("config/config.yaml")  # a malformed default config is an error naming the file
+read_yaml(
+    "config/config.yaml"
+)  # a malformed default config is an error naming the file
 
 
 configfile: "config/config.yaml"

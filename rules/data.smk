@@ -5,14 +5,16 @@ if config["data"]["demo"]:
     rule demo_data_ct:
         output:
             demo_ct_outputs(),
-        params:
-            data=config_subset("data", "ct"),
-            demo=config_subset("demo", "ct"),
-            seed=config["seed"],
         log:
             "results/logs/demo_data_ct.log",
         benchmark:
             "results/benchmarks/demo_data_ct.tsv"
+        conda:
+            "../envs/data.yaml"
+        params:
+            data=config_subset("data", "ct"),
+            demo=config_subset("demo", "ct"),
+            seed=config["seed"],
         script:
             "../workflow_scripts/demo_data_ct.py"
 
@@ -20,12 +22,14 @@ if config["data"]["demo"]:
         output:
             npy=config["data"]["pose"]["path"],
             parquet=pose_long_path(),
-        params:
-            demo=config_subset("demo", "pose"),
-            seed=config["seed"],
         log:
             "results/logs/demo_data_pose.log",
         benchmark:
             "results/benchmarks/demo_data_pose.tsv"
+        conda:
+            "../envs/data.yaml"
+        params:
+            demo=config_subset("demo", "pose"),
+            seed=config["seed"],
         script:
             "../workflow_scripts/demo_data_pose.py"

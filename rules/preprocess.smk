@@ -7,12 +7,14 @@ rule preprocess_ct:
     output:
         tensors="results/cache/ct/studies/{study}.safetensors",
         row="results/cache/ct/rows/{study}.parquet",
-    params:
-        ct=config_subset("preprocess", "ct"),
     log:
         "results/logs/preprocess_ct/{study}.log",
     benchmark:
         "results/benchmarks/preprocess_ct/{study}.tsv"
+    conda:
+        "../envs/data.yaml"
+    params:
+        ct=config_subset("preprocess", "ct"),
     script:
         "../workflow_scripts/preprocess_ct.py"
 
@@ -26,6 +28,8 @@ rule ct_manifest:
         "results/logs/ct_manifest.log",
     benchmark:
         "results/benchmarks/ct_manifest.tsv"
+    conda:
+        "../envs/data.yaml"
     script:
         "../workflow_scripts/ct_manifest.py"
 
@@ -35,12 +39,14 @@ rule preprocess_reports:
         reports=config["data"]["ct"]["reports"],
     output:
         "results/cache/ct/reports.parquet",
-    params:
-        studies=STUDY_IDS,
     log:
         "results/logs/preprocess_reports.log",
     benchmark:
         "results/benchmarks/preprocess_reports.tsv"
+    conda:
+        "../envs/data.yaml"
+    params:
+        studies=STUDY_IDS,
     script:
         "../workflow_scripts/preprocess_reports.py"
 
@@ -51,11 +57,13 @@ rule preprocess_pose:
     output:
         shards=directory("results/cache/pose/shards"),
         manifest="results/cache/pose/manifest.parquet",
-    params:
-        pose=config_subset("preprocess", "pose"),
     log:
         "results/logs/preprocess_pose.log",
     benchmark:
         "results/benchmarks/preprocess_pose.tsv"
+    conda:
+        "../envs/data.yaml"
+    params:
+        pose=config_subset("preprocess", "pose"),
     script:
         "../workflow_scripts/preprocess_pose.py"
