@@ -19,6 +19,7 @@ validate(config, schema="config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
+include: "rules/train.smk"
 
 
 rule all:

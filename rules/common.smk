@@ -66,4 +66,46 @@ def final_targets():
         "results/cache/ct/manifest.parquet",
         "results/cache/ct/reports.parquet",
         "results/cache/pose/manifest.parquet",
+        *training_targets(),
+    ]
+
+
+def model_runs(family):
+    """Run names of a model family in the config (may be none)."""
+    return sorted(config.get("models", {}).get(family, {}))
+
+
+def run_pattern(family):
+    """Wildcard constraint matching exactly the configured runs of a family."""
+    return "|".join(model_runs(family)) or "(?!)"
+
+
+def run_config(family):
+    """Params function: the config subset one run of ``family`` depends on."""
+
+    def subset(wildcards):
+        return config_subset("models", family, wildcards.run)
+
+    return subset
+
+
+def training_inputs(family):
+    """Input function: the cached features a run of ``family`` trains on."""
+
+    def inputs(wildcards):
+        if config["models"][family][wildcards.run]["data"] == "pose":
+            return {
+                "manifest": "results/cache/pose/manifest.parquet",
+                "shards": "results/cache/pose/shards",
+            }
+        return {"manifest": "results/cache/ct/manifest.parquet"}
+
+    return inputs
+
+
+def training_targets():
+    return [
+        f"results/{family}/{run}/train_log.parquet"
+        for family in sorted(config.get("models", {}))
+        for run in model_runs(family)
     ]

@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from strata.training.config import TrainConfig
+
 T = TypeVar("T")
 
 
@@ -64,6 +66,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if value_type is Any:
+            return dict(value)
+        return {str(k): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
@@ -237,6 +246,19 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class ModelRunConfig:
+    """One training run of a model family (``models.<family>.<run>``).
+
+    ``architecture`` stays a mapping here (the schema has checked it); the family's own
+    module turns it into its typed architecture config, so this module needs no torch.
+    """
+
+    data: Literal["pose", "ct"]
+    architecture: dict[str, Any]
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
 class StrataConfig:
     """The whole validated configuration."""
 
@@ -244,6 +266,7 @@ class StrataConfig:
     data: DataConfig
     demo: DemoConfig
     preprocess: PreprocessConfig
+    models: dict[str, dict[str, ModelRunConfig]]
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -1,0 +1,26 @@
+# Training: one job per (family, run); checkpoints at the steps the config fixes.
+# A re-run after a kill resumes from results/<family>/<run>/resume/ (not an output).
+
+
+rule train_hiera3d:
+    input:
+        unpack(training_inputs("hiera3d")),
+    output:
+        checkpoints=directory("results/hiera3d/{run}/checkpoints"),
+        log="results/hiera3d/{run}/train_log.parquet",
+    wildcard_constraints:
+        run=run_pattern("hiera3d"),
+    params:
+        family="hiera3d",
+        run_config=run_config("hiera3d"),
+        seed=config["seed"],
+        cache="results/cache",
+    threads: 2
+    log:
+        "results/logs/train_hiera3d/{run}.log",
+    benchmark:
+        "results/benchmarks/train_hiera3d/{run}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/train.py"

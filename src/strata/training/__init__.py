@@ -1,0 +1,1 @@
+"""The training machinery shared by the self-supervised and VAE models (one loop)."""

@@ -1,0 +1,141 @@
+"""Checkpoints: ``checkpoints/<step>/`` with safetensors weights, resume state and provenance.
+
+Layout of a run directory ``results/<family>/<run>/``::
+
+    checkpoints/<step>/model.safetensors   weights (architecture JSON in the metadata)
+    checkpoints/<step>/training_state.pt   optimizer, scheduler, RNG states, step
+    checkpoints/<step>/meta.json           config subset, seed, data hashes, versions, commit, device
+    train_log.parquet                      one row per optimizer step
+    resume/<step>/                         the same files, hard-linked, while a run is unfinished
+
+Snakemake deletes a job's declared outputs before it re-runs it (after a crash, a kill,
+or a cluster's wall time); ``resume/`` is not a declared output, so a re-run finds the
+last complete state there and continues. A finished run removes ``resume/``, so a forced
+re-run trains from scratch. ``training_state.pt`` is read with ``weights_only=True``:
+it holds tensors and plain containers only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from strata.io.atomic import atomic_dir, save_tensors, write_parquet
+
+WEIGHTS = "model.safetensors"
+STATE = "training_state.pt"
+META = "meta.json"
+LOG = "train_log.parquet"
+PACKAGES = ("torch", "numpy", "monai", "transformers", "safetensors", "snakemake", "strata")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The checkout's commit, or None outside a git work tree."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class ResumeState:
+    step: int  # optimizer steps already taken
+    model: dict[str, torch.Tensor]
+    training: dict[str, Any]
+    log: pd.DataFrame
+
+
+class CheckpointStore:
+    """Writes and finds the checkpoints of one run directory."""
+
+    def __init__(self, run_dir: Path, fingerprint: str) -> None:
+        self.run_dir, self.fingerprint = Path(run_dir), fingerprint
+        self.checkpoints, self.resume_dir = self.run_dir / "checkpoints", self.run_dir / "resume"
+
+    def save(self, step: int, model: torch.nn.Module, training: dict[str, Any], meta: dict[str, Any],
+             log: pd.DataFrame, architecture: dict[str, Any]) -> Path:
+        """Write checkpoint ``step`` (resume copy first, then the declared output by hard links)."""
+        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        with atomic_dir(self.resume_dir / str(step)) as tmp:
+            save_tensors(weights, tmp / WEIGHTS, metadata={"architecture": architecture})
+            torch.save(training, tmp / STATE)
+            (tmp / META).write_text(json.dumps({**meta, "step": step, "fingerprint": self.fingerprint},
+                                               indent=2, sort_keys=True) + "\n")
+            write_parquet(log, tmp / LOG)
+        final = self.checkpoints / str(step)
+        with atomic_dir(final) as tmp:
+            for name in (WEIGHTS, STATE, META):
+                _link_or_copy(self.resume_dir / str(step) / name, tmp / name)
+        return final
+
+    def latest(self) -> ResumeState | None:
+        """The last complete resume state written by a run with the same fingerprint."""
+        if not self.resume_dir.is_dir():
+            return None
+        steps = sorted((int(p.name) for p in self.resume_dir.iterdir() if p.name.isdigit()), reverse=True)
+        for step in steps:
+            path = self.resume_dir / str(step)
+            meta = json.loads((path / META).read_text())
+            if meta.get("fingerprint") != self.fingerprint:
+                shutil.rmtree(self.resume_dir)  # another config or data: never resume from it
+                return None
+            training = torch.load(path / STATE, map_location="cpu", weights_only=True)
+            return ResumeState(step, load_file(str(path / WEIGHTS)), training, pd.read_parquet(path / LOG))
+        return None
+
+    def finish(self, log: pd.DataFrame) -> None:
+        """Write the run's log and drop the resume copies (the checkpoints stay)."""
+        write_parquet(log, self.run_dir / LOG)
+        shutil.rmtree(self.resume_dir, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def run_meta(config: dict[str, Any], seed: int, data_hashes: dict[str, str], device: torch.device) -> dict[str, Any]:
+    """Provenance recorded with every checkpoint (no timestamps: reruns stay byte-identical)."""
+    return {
+        "config": config,
+        "seed": seed,
+        "data_sha256": data_hashes,
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "git_commit": git_commit(Path(__file__).parent),
+        "device": str(device),
+    }

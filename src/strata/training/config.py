@@ -1,0 +1,55 @@
+"""Typed configuration of one training run (shared by every model the loop trains)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its learning-rate schedule.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up from 0 to ``lr``.
+        schedule: decay after warm-up (transformers' scheduler names).
+        grad_clip: maximum global gradient norm (0 disables clipping).
+    """
+
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_steps: int
+    schedule: Literal["cosine", "linear", "constant_with_warmup"]
+    grad_clip: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long to train and when to save (every checkpoint step is known in advance).
+
+    Args:
+        batch_size: samples per optimizer step (global, over all processes).
+        total_steps: optimizer steps of the run.
+        save_every: a checkpoint every this many steps (and at the last step).
+        num_workers: DataLoader worker processes.
+        precision: ``auto`` = bf16 autocast on CUDA, fp32 on CPU.
+        optim: optimizer and schedule.
+    """
+
+    batch_size: int
+    total_steps: int
+    save_every: int
+    num_workers: int
+    precision: Literal["auto", "fp32", "bf16"]
+    optim: OptimConfig
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps after which a checkpoint is written (1-based step counts)."""
+        steps = list(range(self.save_every, self.total_steps + 1, self.save_every))
+        if not steps or steps[-1] != self.total_steps:
+            steps.append(self.total_steps)
+        return steps

@@ -1,0 +1,37 @@
+"""What the shared training loop needs from a model.
+
+Every model the loop trains (hierarchical ViT-3D MAE, H-JEPA, pose VAE) subclasses
+:class:`TrainableModel`: it turns a batch into a loss plus scalar metrics, may act after
+each optimizer step (H-JEPA's EMA update of its target encoder belongs there, never
+before the step), and describes its architecture as plain data so a checkpoint can
+rebuild it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+
+@dataclass
+class StepOutput:
+    """The loss to back-propagate and detached scalars to log (name -> value)."""
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class TrainableModel(nn.Module):
+    """Base class of models trained by :func:`strata.training.loop.train`."""
+
+    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+        """Loss of one batch (keys as the model's dataset yields them)."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called after every optimizer step with the 0-based step just taken."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates (all that require grad, by default)."""
+        return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,59 @@
+"""One training run from config to checkpoints (what the ``train_<family>`` rules call)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from strata.config import ModelRunConfig, to_dict
+from strata.models.registry import FAMILIES, build_model
+from strata.training.checkpoint import run_meta
+from strata.training.datasets import CTVolumes, PoseWindows, data_hashes
+from strata.training.loop import RunSpec, device_and_autocast, train
+
+
+class ChannelAxis(Dataset):
+    """Adds the channel axis video models expect to a pose window: [T, 1, F] -> [1, T, 1, F]."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = dict(self.inner[i])
+        item["x"], item["valid"] = item["x"].unsqueeze(0), item["valid"].unsqueeze(0)
+        return item
+
+
+def open_dataset(family: str, data: str, cache_dir: Path) -> tuple[Dataset, list[Path]]:
+    """The run's dataset and the manifests it depends on (``cache_dir`` = results/cache)."""
+    if data == "pose":
+        manifest = cache_dir / "pose" / "manifest.parquet"
+        dataset: Dataset = PoseWindows(manifest, cache_dir / "pose" / "shards")
+        if FAMILIES[family].pose_layout == "video":
+            dataset = ChannelAxis(dataset)
+        return dataset, [manifest]
+    manifest = cache_dir / "ct" / "manifest.parquet"
+    return CTVolumes(manifest), [manifest]
+
+
+def train_run(family: str, run: str, cfg: ModelRunConfig, seed: int, cache_dir: Path, run_dir: Path) -> pd.DataFrame:
+    """Build the model (seeded), open its data and train it with the shared loop."""
+    dataset, manifests = open_dataset(family, cfg.data, cache_dir)
+    torch.manual_seed(seed)
+    model = build_model(family, cfg.architecture, where=f"models.{family}.{run}.architecture")
+    config = {"family": family, "run": run, **to_dict(cfg)}
+    hashes = data_hashes(manifests)
+    fingerprint = hashlib.sha256(json.dumps({"config": config, "seed": seed, "data": hashes},
+                                            sort_keys=True).encode()).hexdigest()
+    device, _ = device_and_autocast(cfg.train.precision)
+    spec = RunSpec(train=cfg.train, seed=seed, run_dir=run_dir, meta=run_meta(config, seed, hashes, device),
+                   architecture=cfg.architecture, fingerprint=fingerprint)
+    return train(model, dataset, spec)
