@@ -8,19 +8,19 @@ rule train_hiera3d:
     output:
         checkpoints=directory("results/hiera3d/{run}/checkpoints"),
         log="results/hiera3d/{run}/train_log.parquet",
+    log:
+        "results/logs/train_hiera3d/{run}.log",
+    benchmark:
+        "results/benchmarks/train_hiera3d/{run}.tsv"
     wildcard_constraints:
         run=run_pattern("hiera3d"),
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
     params:
         family="hiera3d",
         run_config=run_config("hiera3d"),
         seed=config["seed"],
         cache="results/cache",
-    threads: 2
-    log:
-        "results/logs/train_hiera3d/{run}.log",
-    benchmark:
-        "results/benchmarks/train_hiera3d/{run}.tsv"
-    conda:
-        "../envs/torch.yaml"
     script:
         "../workflow_scripts/train.py"
