@@ -24,3 +24,41 @@ rule train_hiera3d:
         cache="results/cache",
     script:
         "../workflow_scripts/train.py"
+
+
+use rule train_hiera3d as train_hjepa with:
+    input:
+        unpack(training_inputs("hjepa")),
+    output:
+        checkpoints=directory("results/hjepa/{run}/checkpoints"),
+        log="results/hjepa/{run}/train_log.parquet",
+    log:
+        "results/logs/train_hjepa/{run}.log",
+    benchmark:
+        "results/benchmarks/train_hjepa/{run}.tsv"
+    wildcard_constraints:
+        run=run_pattern("hjepa"),
+    params:
+        family="hjepa",
+        run_config=run_config("hjepa"),
+        seed=config["seed"],
+        cache="results/cache",
+
+
+use rule train_hiera3d as train_posevae with:
+    input:
+        unpack(training_inputs("posevae")),
+    output:
+        checkpoints=directory("results/posevae/{run}/checkpoints"),
+        log="results/posevae/{run}/train_log.parquet",
+    log:
+        "results/logs/train_posevae/{run}.log",
+    benchmark:
+        "results/benchmarks/train_posevae/{run}.tsv"
+    wildcard_constraints:
+        run=run_pattern("posevae"),
+    params:
+        family="posevae",
+        run_config=run_config("posevae"),
+        seed=config["seed"],
+        cache="results/cache",

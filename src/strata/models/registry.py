@@ -29,6 +29,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "hiera3d": Family("strata.models.hiera3d", "Hiera3DConfig", "Hiera3DMAE", "video"),
+    "hjepa": Family("strata.models.hjepa", "HJEPAConfig", "HJEPA", "video"),
     "posevae": Family("strata.models.pose_vae", "PoseVAEConfig", "PoseVAE", "sequence"),
 }
 
