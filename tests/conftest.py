@@ -118,3 +118,23 @@ def dicom_study(tmp_path: Path) -> SmallStudy:
 @pytest.fixture
 def nifti_study(tmp_path: Path) -> SmallStudy:
     return write_small_study(tmp_path, "nifti")
+
+
+# --------------------------------------------------------------------------- cached features
+
+DEFAULT_CONFIG = REPO / "config" / "config.yaml"
+
+
+@pytest.fixture(scope="session")
+def pose_cache(tmp_path_factory) -> Path:
+    """``<cache>/pose/{shards,manifest.parquet}`` made by the real pose stages from the demo config."""
+    from strata.config import load_config
+    from strata.pose.demo import write_demo_pose
+    from strata.pose.stage import preprocess_pose
+
+    cfg = load_config(DEFAULT_CONFIG)
+    root = tmp_path_factory.mktemp("pose_cache")
+    npy = root / "demo" / "mouse_triplet_train.npy"
+    write_demo_pose(cfg.demo.pose, cfg.seed, npy, npy.with_suffix(".parquet"))
+    preprocess_pose(cfg.preprocess.pose, npy, root / "cache" / "pose" / "shards", root / "cache" / "pose" / "manifest.parquet")
+    return root / "cache"

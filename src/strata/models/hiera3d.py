@@ -395,7 +395,7 @@ class Hiera3D(nn.Module):
             raise ValueError(f"expected input [B, {c.in_channels}, {', '.join(map(str, c.input_size))}], "
                              f"got {list(x.shape)}")
         tokens = self.patch_embed(x)  # (B, t, h, w, D)
-        t, h, w = c.token_grid
+        _, h, w = c.token_grid
         pos = self.pos_embed_temporal[:, :, None, :] + self.pos_embed_spatial[:, None, :, :]  # (1, t, h*w, D)
         tokens = tokens + rearrange(pos, "o t (h w) d -> o t h w d", h=h, w=w)
         mt, mh, mw = c.mask_unit_shape
@@ -557,6 +557,10 @@ class Hiera3DMAE(TrainableModel):
         nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))  # like a linear layer on the flattened patch
         nn.init.zeros_(self.encoder.patch_embed.proj.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """As hBehaveMAE: the encoder's position embeddings are not decayed."""
+        return {"encoder.pos_embed_spatial", "encoder.pos_embed_temporal"}
+
     # ------------------------------------------------------------------ named MAE steps
 
     def random_masking(self, batch_size: int, device: torch.device | str = "cpu",
@@ -667,8 +671,8 @@ def explain_shapes(config: Hiera3DConfig) -> str:
         _, pred, _ = model(x, mask)
     for h in hooks:
         h.remove()
-    lines = [f"input [B, {c.in_channels}, {', '.join(map(str, c.input_size))}] -> patches "
-             f"{'x'.join(map(str, c.patch_size))} -> token grid {'x'.join(map(str, c.token_grid))}"]
+    lines = [(f"input [B, {c.in_channels}, {', '.join(map(str, c.input_size))}] -> patches "
+              f"{'x'.join(map(str, c.patch_size))} -> token grid {'x'.join(map(str, c.token_grid))}")]
     flow = []
     for s, end in enumerate(model.encoder.stage_ends):
         _, u, length, dim = seen_unmasked[end]

@@ -32,6 +32,11 @@ class TrainableModel(nn.Module):
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Called after every optimizer step with the 0-based step just taken."""
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters AdamW must not decay (besides biases and norms), e.g.
+        position embeddings and mask tokens (timm's convention)."""
+        return set()
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates (all that require grad, by default)."""
         return [p for p in self.parameters() if p.requires_grad]

@@ -76,10 +76,14 @@ def device_and_autocast(precision: str) -> tuple[torch.device, Callable[[], cont
 
 
 def parameter_groups(model: TrainableModel, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms and other 1-D parameters."""
+    """AdamW groups: no weight decay on biases, norms, other 1-D parameters and what the
+    model lists in ``no_weight_decay()``."""
+    trainable = {id(p) for p in model.trainable_parameters()}
+    skip = model.no_weight_decay()
     decay, no_decay = [], []
-    for param in model.trainable_parameters():
-        (decay if param.ndim >= 2 else no_decay).append(param)
+    for name, param in model.named_parameters():
+        if id(param) in trainable:
+            (decay if param.ndim >= 2 and name not in skip else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
