@@ -103,6 +103,43 @@ def hiera3d(args: argparse.Namespace) -> Workload:
                "unmasked encoder": (encoder_step(False), encoder_step(True))})
 
 
+@register("hjepa")
+def hjepa(args: argparse.Namespace) -> Workload:
+    from strata.config import from_dict, read_yaml
+    from strata.models.hjepa import HJEPA, HJEPAConfig
+
+    raw = read_yaml(REPO / "config" / "full.yaml")["models"]["hjepa"]["ct"]["architecture"]
+    config = from_dict(HJEPAConfig, raw, where="models.hjepa.ct.architecture")
+    torch.manual_seed(0)
+    model = HJEPA(config).train()
+    x = torch.randn(args.batch, config.in_channels, *config.input_size)
+    masks = model.sample_masks(args.batch, generator=torch.Generator().manual_seed(0))
+
+    def jepa_step(explicit: bool) -> Callable[[], None]:
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            model(x, masks, explicit_attention=explicit).loss.backward()
+        return run
+
+    def encoder_step(explicit: bool) -> Callable[[], None]:
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            model.encoder(x, explicit_attention=explicit).float().pow(2).mean().backward()
+        return run
+
+    context = int(masks.context.sum(dim=1).float().mean())
+    return Workload(
+        description=(f"HJEPA, full CT config: input [{args.batch}, {config.in_channels}, "
+                     f"{', '.join(map(str, config.input_size))}], {config.num_tokens} tokens, "
+                     f"{sum(p.numel() for p in model.trainable_parameters()) / 1e6:.2f} M trainable parameters "
+                     f"(+ EMA target encoder), {config.num_target_blocks} target blocks, "
+                     f"~{context} context tokens per sample"),
+        batch=args.batch,
+        steps={"training step (H-JEPA: target encoder, context encoder, predictor, hierarchy)":
+               (jepa_step(False), jepa_step(True)),
+               "unmasked context encoder": (encoder_step(False), encoder_step(True))})
+
+
 def flops_of(step: Callable[[], None]) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
