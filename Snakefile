@@ -20,6 +20,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/train.smk"
+include: "rules/reg2rg.smk"
 
 
 rule all:

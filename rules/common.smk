@@ -67,6 +67,7 @@ def final_targets():
         "results/cache/ct/reports.parquet",
         "results/cache/pose/manifest.parquet",
         *training_targets(),
+        *reg2rg_targets(),
     ]
 
 
@@ -109,3 +110,45 @@ def training_targets():
         for family in sorted(config.get("models", {}))
         for run in model_runs(family)
     ]
+
+
+# --------------------------------------------------------------------------- Reg2RG
+
+
+def reg2rg_weight_inputs():
+    """Published weight files the frozen encoders read (none in the demo)."""
+    section = config["reg2rg"]
+    paths = [section["encoder"]["vit_weights"], section["checkpoint"]]
+    return [p for p in paths if p]
+
+
+def reg2rg_tokenizer_inputs(wildcards):
+    pretrained = config["reg2rg"]["tokenizer"]["pretrained"]
+    return {
+        "reports": "results/cache/ct/reports.parquet",
+        "base": [pretrained] if pretrained else [],
+    }
+
+
+def reg2rg_train_inputs(wildcards):
+    section = config["reg2rg"]
+    extra = [
+        p
+        for p in (
+            section["deepspeed"],
+            section["adapter_weights"],
+            section["checkpoint"],
+        )
+        if p
+    ]
+    return {
+        "tokenizer": "results/reg2rg/tokenizer",
+        "reports": "results/cache/ct/reports.parquet",
+        "tokens": expand("results/reg2rg/tokens/{study}.safetensors", study=STUDY_IDS),
+        "extra": extra,
+    }
+
+
+def reg2rg_targets():
+    """Final outputs of the Reg2RG chain (the train rule's step log and checkpoints)."""
+    return [f"results/reg2rg/{config['reg2rg']['run']}/train_log.parquet"]

@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from strata.evaluation.config import EvaluationConfig
+from strata.reg2rg.config import Reg2RGConfig
 from strata.training.config import TrainConfig
 
 T = TypeVar("T")
@@ -267,6 +269,8 @@ class StrataConfig:
     demo: DemoConfig
     preprocess: PreprocessConfig
     models: dict[str, dict[str, ModelRunConfig]]
+    reg2rg: Reg2RGConfig
+    evaluation: EvaluationConfig
 
 
 def read_yaml(path: str | Path) -> Any:

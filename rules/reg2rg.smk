@@ -1,0 +1,64 @@
+# Reg2RG (SPEC 4.4): tokenizer -> frozen-encoder token cache (one job per study) -> training.
+# One token-cache job per study, like preprocess_ct: a changed study re-runs only its own
+# encoding, and cluster profiles can bundle the short jobs with Snakemake's `group:`.
+
+
+rule reg2rg_tokenizer:
+    input:
+        unpack(reg2rg_tokenizer_inputs),
+    output:
+        directory("results/reg2rg/tokenizer"),
+    log:
+        "results/logs/reg2rg_tokenizer.log",
+    benchmark:
+        "results/benchmarks/reg2rg_tokenizer.tsv"
+    conda:
+        "../envs/torch.yaml"
+    params:
+        tokenizer=config_subset("reg2rg", "tokenizer"),
+        num_latents=config["reg2rg"]["perceiver"]["num_latents"],
+    script:
+        "../workflow_scripts/reg2rg_tokenizer.py"
+
+
+rule reg2rg_token_cache:
+    input:
+        ct="results/cache/ct/studies/{study}.safetensors",
+        weights=reg2rg_weight_inputs(),
+    output:
+        "results/reg2rg/tokens/{study}.safetensors",
+    log:
+        "results/logs/reg2rg_token_cache/{study}.log",
+    benchmark:
+        "results/benchmarks/reg2rg_token_cache/{study}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    params:
+        encoder=config_subset("reg2rg", "encoder"),
+        checkpoint=config["reg2rg"]["checkpoint"],
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/reg2rg_token_cache.py"
+
+
+rule train_reg2rg:
+    input:
+        unpack(reg2rg_train_inputs),
+    output:
+        checkpoints=directory("results/reg2rg/{run}/checkpoints"),
+        log="results/reg2rg/{run}/train_log.parquet",
+    log:
+        "results/logs/train_reg2rg/{run}.log",
+    benchmark:
+        "results/benchmarks/train_reg2rg/{run}.tsv"
+    wildcard_constraints:
+        run=config["reg2rg"]["run"],
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    params:
+        reg2rg=config_subset("reg2rg"),
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/reg2rg_train.py"

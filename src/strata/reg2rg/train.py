@@ -1,0 +1,168 @@
+"""Training stage ``train_reg2rg``: Hugging Face ``Trainer`` on the token cache (SPEC 4.4, 7).
+
+Hyper-parameters come from ``reg2rg.train`` (full config: lr 5e-5, constant_with_warmup
+with 20 warm-up steps, weight decay 0, per-device batch 1, gradient accumulation 8, 10
+epochs, bf16 when a GPU is there) and ``reg2rg.deepspeed`` (ZeRO-2 JSON). No online
+evaluation. After every epoch rank 0 writes the checkpoint the DAG knows::
+
+    results/reg2rg/<run>/checkpoints/<epoch>/model.safetensors   trainable weights only
+    results/reg2rg/<run>/checkpoints/<epoch>/meta.json           config, seed, data hashes, versions, step
+    results/reg2rg/<run>/train_log.parquet                       one row per optimizer step
+
+The Trainer's own resume checkpoints (optimizer, scheduler, RNG; trainable weights only
+for the plain Trainer) live in ``results/reg2rg/<run>/trainer/``, which is not a declared
+output: a re-run after a kill resumes from there, a finished run deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from strata.config import config_sha256, to_dict
+from strata.io.atomic import atomic_dir, save_tensors, write_parquet
+from strata.models.reg2rg.model import Reg2RG, build_encoders, build_reg2rg
+from strata.reg2rg.config import Reg2RGConfig
+from strata.reg2rg.dataset import Reg2RGCollator, Reg2RGDataset, TokenCacheSource, study_sentences
+from strata.reg2rg.token_cache import check_cache, module_sha256
+from strata.reg2rg.tokenizer import load_tokenizer
+from strata.training.checkpoint import META, WEIGHTS, git_commit, package_versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reg2RGInputs:
+    """Where training reads from.
+
+    Args:
+        tokenizer_dir: output of rule ``reg2rg_tokenizer``.
+        reports: ``results/cache/ct/reports.parquet``.
+        token_dir: output folder of rule ``reg2rg_token_cache``.
+        study_ids: studies to train on.
+    """
+
+    tokenizer_dir: Path
+    reports: Path
+    token_dir: Path
+    study_ids: tuple[str, ...]
+
+
+def use_bf16(cfg: Reg2RGConfig) -> bool:
+    return torch.cuda.is_available() and cfg.train.precision in ("auto", "bf16")
+
+
+class Reg2RGTrainer(Trainer):
+    """``Trainer`` whose resume checkpoints hold the trainable weights only (not the frozen LLM)."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.should_save:
+            out = Path(output_dir or self.args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            save_tensors(model.trainable_state_dict(), out / WEIGHTS)
+
+
+class EpochCallback(TrainerCallback):
+    """Per-epoch region shuffling and the per-epoch checkpoints of the DAG."""
+
+    def __init__(self, dataset: Reg2RGDataset, model: Reg2RG, run_dir: Path, meta: dict[str, Any]) -> None:
+        self.dataset, self.model, self.run_dir, self.meta = dataset, model, run_dir, meta
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(round(state.epoch or 0))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        epoch = round(state.epoch)
+        if state.is_world_process_zero:
+            write_checkpoint(self.run_dir / "checkpoints" / str(epoch), self.model,
+                             {**self.meta, "epoch": epoch, "step": state.global_step})
+
+
+def write_checkpoint(path: Path, model: Reg2RG, meta: dict[str, Any]) -> None:
+    with atomic_dir(path) as tmp:
+        save_tensors(model.trainable_state_dict(), tmp / WEIGHTS, metadata={"epoch": meta["epoch"]})
+        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def training_arguments(cfg: Reg2RGConfig, seed: int, output_dir: Path, max_steps: int = -1) -> TrainingArguments:
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, num_train_epochs=t.epochs, max_steps=max_steps,
+        learning_rate=t.lr, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim="adamw_torch",
+        bf16=use_bf16(cfg), use_cpu=not torch.cuda.is_available(), seed=seed, data_seed=seed,
+        eval_strategy="no", save_strategy="epoch", save_total_limit=1, logging_steps=1,
+        report_to=[], disable_tqdm=True, dataloader_num_workers=t.num_workers, remove_unused_columns=False,
+        deepspeed=str(cfg.deepspeed) if cfg.deepspeed is not None else None,
+    )
+
+
+def build_training(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: Path, max_steps: int = -1
+                   ) -> tuple[Reg2RGTrainer, Reg2RG, Reg2RGDataset]:
+    """Tokenizer, dataset, model and the ``Trainer`` (nothing is trained yet)."""
+    tokenizer, layout = load_tokenizer(inputs.tokenizer_dir, cfg.perceiver.num_latents)
+    token_files = [inputs.token_dir / f"{s}.safetensors" for s in inputs.study_ids]
+    encoder_sha = module_sha256(build_encoders(cfg.encoder, seed, None)) if cfg.checkpoint is None else None
+    data_hashes = check_cache(token_files, encoder_sha)
+    dataset = Reg2RGDataset(study_ids=list(inputs.study_ids), sentences=study_sentences(pd.read_parquet(inputs.reports)),
+                            source=TokenCacheSource(inputs.token_dir), tokenizer=tokenizer, layout=layout,
+                            cfg=cfg.data, seed=seed, train=True)
+    model = build_reg2rg(cfg, layout, seed, with_encoders=False,
+                         dtype=torch.bfloat16 if use_bf16(cfg) and cfg.llm.pretrained is not None else torch.float32)
+    meta = {"config": to_dict(cfg), "config_sha256": config_sha256(cfg), "seed": seed, "data_sha256": data_hashes,
+            "packages": package_versions(), "git_commit": git_commit(Path(__file__).parent),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "trainable": sorted(model.trainable_state_dict())}
+    args = training_arguments(cfg, seed, run_dir / "trainer", max_steps)
+    trainer = Reg2RGTrainer(model=model, args=args, train_dataset=dataset,
+                            data_collator=Reg2RGCollator(tokenizer.pad_token_id),
+                            callbacks=[EpochCallback(dataset, model, run_dir, meta)])
+    return trainer, model, dataset
+
+
+def step_log(trainer: Trainer) -> pd.DataFrame:
+    rows = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"], "lr": h.get("learning_rate"),
+             "grad_norm": h.get("grad_norm")} for h in trainer.state.log_history if "loss" in h]
+    return pd.DataFrame(rows, columns=["step", "epoch", "loss", "lr", "grad_norm"])
+
+
+def train_reg2rg(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: Path) -> pd.DataFrame:
+    """Train one run; checkpoints per epoch, the step log, resume from ``trainer/`` if present."""
+    trainer, _, _ = build_training(cfg, seed, inputs, run_dir)
+    resume_dir = run_dir / "trainer"
+    resume = resume_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in resume_dir.iterdir())
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    frame = step_log(trainer)
+    if trainer.is_world_process_zero():
+        write_parquet(frame, run_dir / "train_log.parquet")
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return frame
+
+
+@torch.no_grad()
+def mean_loss(model: Reg2RG, dataset: Reg2RGDataset, collator: Reg2RGCollator, *, zero_visual: bool = False) -> float:
+    """Token-weighted mean loss over ``dataset`` in eval mode (``zero_visual``: image control)."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(len(dataset)):
+            batch = collator([dataset[i]])
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch, zero_visual=zero_visual)["loss"]) * n
+            count += n
+    finally:
+        model.train(was)
+    return total / count

@@ -1,0 +1,26 @@
+"""Snakemake entry point of rule reg2rg_token_cache: one study's frozen-encoder tokens."""
+
+from pathlib import Path
+
+import torch
+
+from strata.config import from_dict
+from strata.logging_setup import snakemake_logging
+from strata.models.reg2rg.mask_encoder import build_encoders
+from strata.models.reg2rg.weights import read_checkpoint
+from strata.reg2rg.config import EncoderConfig
+from strata.reg2rg.token_cache import module_sha256, run_token_cache
+
+snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
+
+with snakemake_logging(snakemake.log[0]) as log:
+    cfg = from_dict(EncoderConfig, dict(snakemake.params.encoder), where="reg2rg.encoder")
+    torch.set_num_threads(snakemake.threads)
+    checkpoint = snakemake.params.checkpoint
+    encoders = build_encoders(cfg, int(snakemake.params.seed), read_checkpoint(Path(checkpoint)) if checkpoint else None)
+    if torch.cuda.is_available():
+        encoders = encoders.cuda()
+    sha = module_sha256(encoders)
+    log.info("study %s, encoders %s", snakemake.wildcards.study, sha)
+    run_token_cache(encoders, sha, Path(snakemake.input.ct), Path(snakemake.output[0]),
+                    getattr(torch, cfg.cache_dtype))
