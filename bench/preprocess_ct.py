@@ -15,11 +15,15 @@ What is measured
       ``Resized`` (area image, nearest masks) -> channel repeat and dtype cast.
 
 Both paths use the ``preprocess.ct`` section of ``config/full.yaml`` and run in their own
-subprocess (so each one's peak RSS is its own), one after the other, with the same
-``torch.set_num_threads``. Each does one untimed warm-up volume, then ``--repeats``
-timed passes over all studies. The first pass's outputs are compared tensor by tensor;
-the script exits non-zero if they differ beyond tolerance or the ratio is below
-``--target``.
+subprocess, one after the other, with the same ``torch.set_num_threads``. Each does one
+untimed warm-up volume, then ``--repeats`` timed passes over all studies. Peak memory is
+the subprocess's ``VmHWM`` (its own high-water RSS since exec); ``ru_maxrss`` is printed
+too (Linux carries it over from the parent, hence the small driver process). The first
+pass's outputs are compared tensor by tensor: image and region images (max abs
+difference, fraction of voxels beyond ``--image-tol``), masks and region masks (fraction
+of differing voxels), presence flags and affine. The script exits non-zero if they
+differ beyond tolerance or the ratio ours/baseline is below ``--target``. The machine
+should be otherwise idle: the load average and CPU/wall ratio are printed to show it.
 
 The synthetic studies (project demo phantom, 512 x 512 in-plane, ~0.7 x 0.7 x 2.5 mm,
 ten NIfTI region masks each) are written once into ``--workdir`` and reused while the
@@ -34,6 +38,7 @@ Run (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -56,8 +61,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from monai.data import MetaTensor, NibabelReader, PydicomReader  # noqa: E402
-from monai.transforms import (  # noqa: E402
+from monai.data import MetaTensor, NibabelReader, PydicomReader
+from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     LoadImaged,
@@ -68,10 +73,10 @@ from monai.transforms import (  # noqa: E402
     ScaleIntensityRanged,
     Spacingd,
 )
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-from strata.config import CTPreprocessConfig, from_dict  # noqa: E402
-from strata.ct.regions import REGION_INDEX, REGIONS, mask_file_name  # noqa: E402
+from strata.config import CTPreprocessConfig, from_dict
+from strata.ct.regions import REGION_INDEX, REGIONS, mask_file_name
 
 IMAGE = "image"
 IN_PLANE = 512
@@ -98,8 +103,12 @@ def load_ct_config(path: Path) -> CTPreprocessConfig:
 
 
 def generation_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything the written studies depend on (the demo writers' source included)."""
+    import strata.ct.demo
+
+    demo_source = hashlib.sha256(Path(strata.ct.demo.__file__).read_bytes()).hexdigest()
     return {"format": GENERATION_FORMAT, "studies": args.studies, "slices": args.slices, "seed": args.seed,
-            "in_plane": IN_PLANE, "noise_hu": NOISE_HU}
+            "in_plane": IN_PLANE, "noise_hu": NOISE_HU, "demo_py_sha256": demo_source}
 
 
 def default_workdir(args: argparse.Namespace) -> Path:
@@ -276,16 +285,18 @@ def timing_worker(name: str, studies: list[BenchStudy], cfg: CTPreprocessConfig,
     start = time.perf_counter()
     fn(studies[0])
     warmup = time.perf_counter() - start
-    seconds = []
+    seconds, cpu_seconds = [], []
     for repeat in range(repeats):
         for study in studies:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             tensors = fn(study)
             seconds.append(time.perf_counter() - start)
+            cpu_seconds.append(time.process_time() - cpu_start)
             if repeat == 0:
                 save_outputs(tensors, out_dir / name / f"{study.study_id}.safetensors")
             del tensors
-    return {"warmup_s": warmup, "seconds": seconds, "peak_rss": peak_rss_bytes()}
+    return {"warmup_s": warmup, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss": peak_rss_bytes(),
+            "loadavg_1min_end": os.getloadavg()[0]}
 
 
 class Laps:
@@ -365,8 +376,13 @@ def worker_main(args: argparse.Namespace) -> None:
     if args.worker in PATHS:
         result = timing_worker(args.worker, studies, cfg, args.repeats, args.workdir / "outputs")
     else:
-        stages = ours_stages if args.worker == "stages-ours" else baseline_stages
-        result = {"stages": stages(studies[0], cfg), "peak_rss": peak_rss_bytes()}
+        if args.worker == "stages-ours":
+            run_ours(studies[0], cfg)  # warm-up: first-touch page faults would inflate the first stages
+            stages = ours_stages(studies[0], cfg)
+        else:
+            make_baseline(cfg, list(studies[0].masks))(studies[0])
+            stages = baseline_stages(studies[0], cfg)
+        result = {"stages": stages, "peak_rss": peak_rss_bytes()}
     result["torch_threads"] = torch.get_num_threads()
     Path(args.result).write_text(json.dumps(result))
 
@@ -435,12 +451,17 @@ def gib(peak: dict[str, int]) -> str:
 
 def print_timing(results: dict[str, dict[str, Any]]) -> None:
     print(f"\n{'path':<10}{'volumes':>8}{'total s':>10}{'s/volume':>10}{'volumes/s':>11}{'warm-up s':>11}"
-          f"{'peak RSS':>12}{'ru_maxrss':>12}")
+          f"{'cpu/wall':>10}{'peak RSS':>12}{'ru_maxrss':>12}{'load end':>10}")
     for name in PATHS:
         r = results[name]
         print(f"{name:<10}{len(r['seconds']):>8}{sum(r['seconds']):>10.1f}{np.mean(r['seconds']):>10.2f}"
-              f"{volumes_per_s(r):>11.3f}{r['warmup_s']:>11.1f}{gib(r['peak_rss']):>12}"
-              f"{r['peak_rss']['ru_maxrss'] / 2**30:>8.2f} GiB")
+              f"{volumes_per_s(r):>11.3f}{r['warmup_s']:>11.1f}{sum(r['cpu_seconds']) / sum(r['seconds']):>10.2f}"
+              f"{gib(r['peak_rss']):>12}{r['peak_rss']['ru_maxrss'] / 2**30:>8.2f} GiB{r['loadavg_1min_end']:>10.2f}")
+    print("(cpu/wall: process CPU time over wall time of the timed volumes, at most --threads on an idle "
+          "machine; load end: 1-min load average when the path finished -- above --threads means other "
+          "processes competed for the cores)")
+    cpu_ratio = sum(results["baseline"]["cpu_seconds"]) / sum(results["ours"]["cpu_seconds"])
+    print(f"ratio by CPU time (less sensitive to other load, not the target metric): {cpu_ratio:.2f}x")
 
 
 def print_equality(figures: dict[str, dict[str, Any]]) -> None:
@@ -451,7 +472,7 @@ def print_equality(figures: dict[str, dict[str, Any]]) -> None:
             print(f"{study_id:<9}  {d['error']}")
             continue
         print(f"{study_id:<9}{d['image_max']:>13.2e}{d['region_images_max']:>18.2e}{d['region_images_frac']:>12.2e}"
-              f"{d['masks_frac']:>12.2e}{d['region_masks_frac']:>18.2e}{str(d['present_equal']):>9}"
+              f"{d['masks_frac']:>12.2e}{d['region_masks_frac']:>18.2e}{d['present_equal']!s:>9}"
               f"{d['affine_max']:>14.1e}")
 
 
@@ -461,7 +482,7 @@ def print_stages(args: argparse.Namespace) -> None:
         rows = result["stages"]
         in_path = [s for n, s in rows if not n.startswith("[reference")]
         total = sum(in_path)
-        print(f"\n{worker} (one volume, {study_ids(1)[0]}, no warm-up; total {total:.1f} s, "
+        print(f"\n{worker} (one volume, {study_ids(1)[0]}, after a warm-up volume; total {total:.1f} s, "
               f"peak RSS {gib(result['peak_rss'])})")
         for name, seconds in rows:
             share = "" if name.startswith("[reference") else f"{100 * seconds / total:6.1f} %"
@@ -490,7 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="config whose preprocess.ct section is used (default config/full.yaml)")
     parser.add_argument("--stages", action="store_true", help="also time the stages of each path on one volume")
     parser.add_argument("--keep-outputs", action="store_true", help="keep both paths' output tensors in the workdir")
-    parser.add_argument("--worker", choices=[*PATHS, "stages-ours", "stages-baseline", "generate"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[*PATHS, "stages-ours", "stages-baseline", "generate"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.workdir is None:
@@ -508,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
           f"channels {cfg.channels}, dtype {cfg.dtype}; threads {args.threads}")
     spawn_worker("generate", args)  # in a child, so the phantoms' memory never inflates this process
     studies = find_studies(args.workdir, args.studies)
+    print(f"1-min load average before timing: {os.getloadavg()[0]:.2f} ({args.threads} threads)")
     results = {}
     for name in PATHS:
         print(f"running {name} (warm-up + {args.repeats} x {len(studies)} volumes) ...", flush=True)

@@ -68,6 +68,7 @@ def final_targets():
         "results/cache/pose/manifest.parquet",
         *training_targets(),
         *reg2rg_targets(),
+        *evaluation_final_targets(config["models"]),
     ]
 
 

@@ -19,7 +19,7 @@ from strata.ct.regions import REGIONS, mask_file_name
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config", "envs")
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config", "envs", "report")
 
 
 def copy_workflow(dest: Path) -> Path:

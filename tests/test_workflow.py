@@ -24,6 +24,10 @@ CFG = from_dict(StrataConfig, DEFAULT)
 PLANS = demo_plan(CFG.data.ct, CFG.demo.ct, CFG.seed)
 
 
+DATA_TARGETS = ("results/cache/ct/manifest.parquet", "results/cache/ct/reports.parquet",
+                "results/cache/pose/manifest.parquet")
+
+
 def data_stage_files(workdir: Path) -> dict[str, bytes]:
     """Every file the data stages wrote (demo data and caches), by relative path."""
     roots = [workdir / "data", workdir / "results" / "cache"]
@@ -56,17 +60,48 @@ def test_nothing_to_do_after_a_full_run(demo_run):
     assert planned_jobs(demo_run) == {}
 
 
+CT_ONLY_RULES = {"demo_data_ct", "preprocess_ct", "ct_manifest", "preprocess_reports", "reg2rg_tokenizer",
+                 "reg2rg_token_cache", "train_reg2rg"}
+POSE_ONLY_RULES = {"demo_data_pose", "preprocess_pose", "train_posevae", "figures_posevae"}
+
+
+def runs_on(data: str) -> dict[str, int]:
+    """train_<family> -> number of configured runs of that family on ``data``."""
+    counts = {f"train_{family}": sum(run.data == data for run in runs.values())
+              for family, runs in CFG.models.items()}
+    return {rule: n for rule, n in counts.items() if n}
+
+
+def upstream(plan: dict[str, int]) -> dict[str, int]:
+    """The plan without the per-checkpoint stages that follow every training."""
+    return {k: v for k, v in plan.items() if k not in {"generate", "evaluate", "figures", "summarize", "all"}}
+
+
 def test_pose_only_change_reruns_only_pose_rules(demo_run):
     cfg = override(demo_run, "pose_stride", preprocess__pose__stride=16)
-    assert planned_jobs(demo_run, "--configfile", cfg) == {"all": 1, "preprocess_pose": 1}
+    plan = planned_jobs(demo_run, "--configfile", cfg)
+    assert upstream(plan) == {"preprocess_pose": 1, **runs_on("pose")}
+    assert not CT_ONLY_RULES & set(plan)
     cfg = override(demo_run, "pose_demo", demo__pose__n_frames=400)
-    assert planned_jobs(demo_run, "--configfile", cfg) == {"all": 1, "demo_data_pose": 1, "preprocess_pose": 1}
+    plan = planned_jobs(demo_run, "--configfile", cfg)
+    assert upstream(plan) == {"demo_data_pose": 1, "preprocess_pose": 1, **runs_on("pose")}
 
 
 def test_ct_only_change_reruns_only_ct_rules(demo_run):
     cfg = override(demo_run, "ct_dtype", preprocess__ct__dtype="float32")
     n = len(PLANS)
-    assert planned_jobs(demo_run, "--configfile", cfg) == {"all": 1, "ct_manifest": 1, "preprocess_ct": n}
+    plan = planned_jobs(demo_run, "--configfile", cfg)
+    assert upstream(plan) == {"ct_manifest": 1, "preprocess_ct": n, "reg2rg_token_cache": n, "train_reg2rg": 1,
+                              **runs_on("ct")}
+    assert not POSE_ONLY_RULES & set(plan)
+
+
+def test_one_model_config_change_reruns_only_that_models_chain(demo_run):
+    cfg = override(demo_run, "posevae_beta", models__posevae__pose__architecture__beta=2.0e-3)
+    plan = planned_jobs(demo_run, "--configfile", cfg)
+    assert upstream(plan) == {"train_posevae": 1}
+    steps = len(CFG.models["posevae"]["pose"].train.checkpoint_steps())
+    assert plan["generate"] == plan["evaluate"] == steps and plan["figures_posevae"] == 1
 
 
 def test_manifests_and_caches(demo_run):
@@ -112,16 +147,17 @@ def test_modifying_one_dicom_file_reruns_only_that_study(demo_run, tmp_path):
     pixels[10:20, 10:20] += 100
     ds.PixelData = pixels.tobytes()
     ds.save_as(slice_path)
-    assert planned_jobs(workdir) == {"all": 1, "ct_manifest": 1, "preprocess_ct": 1}
-    proc = run_snakemake(workdir, "--cores", "2")
+    assert upstream(planned_jobs(workdir)) == {"ct_manifest": 1, "preprocess_ct": 1, "reg2rg_token_cache": 1,
+                                               "train_reg2rg": 1, **runs_on("ct")}
+    proc = run_snakemake(workdir, "--cores", "2", *DATA_TARGETS)
     assert f"wildcards: study={plan.study_id}" in proc.stderr + proc.stdout
-    assert planned_jobs(workdir) == {}
+    assert planned_jobs(workdir, *DATA_TARGETS) == {}
 
 
 def test_data_stages_are_byte_reproducible(demo_run, tmp_path_factory):
     """A second run from scratch writes byte-identical demo data, caches and manifests."""
     again = copy_workflow(tmp_path_factory.mktemp("demo_run_again"))
-    run_snakemake(again, "--cores", "2")
+    run_snakemake(again, "--cores", "2", *DATA_TARGETS)
     first, second = data_stage_files(demo_run), data_stage_files(again)
     assert len(first) > 100 and sorted(first) == sorted(second)
     assert [k for k in first if first[k] != second[k]] == []

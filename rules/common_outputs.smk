@@ -1,0 +1,123 @@
+# Helpers of the generate / evaluate / figures rules: target lists, input and params
+# functions (the rules stay free of lambdas). Every path follows from config["models"]
+# and each run's checkpoint schedule (strata.evaluation.targets).
+from strata.ct.demo_plan import demo_plan, nodule_size_class
+from strata.evaluation.targets import evaluation_final_targets, model_checkpoints
+
+
+def evaluated_families():
+    """Wildcard constraint: the model families of config["models"]."""
+    return "|".join(sorted(config.get("models", {}))) or "(?!)"
+
+
+def evaluated_runs():
+    """Wildcard constraint: every configured run name (any family)."""
+    return (
+        "|".join(
+            sorted({r for f in config.get("models", {}) for r in config["models"][f]})
+        )
+        or "(?!)"
+    )
+
+
+def run_data(wildcards):
+    """Params function: ``pose`` or ``ct``, the cached features the run trained on."""
+    return config["models"][wildcards.family][wildcards.run]["data"]
+
+
+def cache_inputs(wildcards):
+    """The cached features a run reads (pose shards or the CT manifest)."""
+    if run_data(wildcards) == "pose":
+        return {
+            "manifest": "results/cache/pose/manifest.parquet",
+            "shards": "results/cache/pose/shards",
+        }
+    return {"manifest": "results/cache/ct/manifest.parquet"}
+
+
+def generate_inputs(wildcards):
+    return {
+        "checkpoints": f"results/{wildcards.family}/{wildcards.run}/checkpoints",
+        **cache_inputs(wildcards),
+    }
+
+
+def generation_params(wildcards):
+    """Params function: the generation keys the family's outputs depend on (the pose VAE
+    sampling section only for pose VAE runs)."""
+    section = config_subset("evaluation", "generation")
+    if wildcards.family == "posevae":
+        return section
+    return {key: value for key, value in section.items() if key != "posevae"}
+
+
+def ct_findings():
+    """Params: study -> finding -> class, the CT probe labels (demo plan; none on real data)."""
+    if not CFG.data.demo:
+        return {}
+    return {
+        plan.study_id: {
+            "nodule_size": nodule_size_class(plan.findings.nodule_mm),
+            "cardiomegaly": str(plan.findings.cardiomegaly).lower(),
+            "effusion": plan.findings.effusion,
+        }
+        for plan in demo_plan(CFG.data.ct, CFG.demo.ct, CFG.seed)
+    }
+
+
+def evaluate_findings(wildcards):
+    """Params function: CT finding labels for CT runs, nothing for pose runs."""
+    return ct_findings() if run_data(wildcards) == "ct" else {}
+
+
+def evaluate_inputs(wildcards):
+    return {
+        "generated": "results/{family}/{run}/generate/{step}/outputs.parquet".format(
+            **wildcards
+        ),
+        **cache_inputs(wildcards),
+    }
+
+
+def all_metrics():
+    return [
+        f"results/{family}/{run}/evaluate/{step}/metrics.parquet"
+        for family, run, step in model_checkpoints(config.get("models", {}))
+    ]
+
+
+def run_steps(wildcards):
+    """Params function: the run's checkpoint steps."""
+    return [
+        s
+        for f, r, s in model_checkpoints(config["models"])
+        if (f, r) == (wildcards.family, wildcards.run)
+    ]
+
+
+def run_metrics(wildcards):
+    return [
+        f"results/{wildcards.family}/{wildcards.run}/evaluate/{step}/metrics.parquet"
+        for step in run_steps(wildcards)
+    ]
+
+
+def run_generated(wildcards):
+    return [
+        f"results/{wildcards.family}/{wildcards.run}/generate/{step}/outputs.parquet"
+        for step in run_steps(wildcards)
+    ]
+
+
+def figure_inputs(wildcards):
+    return {
+        "checkpoints": f"results/{wildcards.family}/{wildcards.run}/checkpoints",
+        "train_log": f"results/{wildcards.family}/{wildcards.run}/train_log.parquet",
+        "metrics": run_metrics(wildcards),
+        **cache_inputs(wildcards),
+    }
+
+
+def best_rule(wildcards):
+    """Params function: the family's best-checkpoint metric and direction."""
+    return config_subset("evaluation", "best_checkpoint", wildcards.family)

@@ -1,0 +1,58 @@
+# Per-checkpoint evaluation (SPEC stage 6) and the summary over all checkpoints.
+# Helpers: rules/common_outputs.smk.
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        "results/{family}/{run}/evaluate/{step}/metrics.parquet",
+    log:
+        "results/logs/evaluate/{family}/{run}/{step}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{family}/{run}/{step}.tsv"
+    wildcard_constraints:
+        family=evaluated_families(),
+        run=evaluated_runs(),
+        step="[0-9]+",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    params:
+        data=run_data,
+        probe=config_subset("evaluation", "probe"),
+        ct_findings=evaluate_findings,
+    script:
+        "../workflow_scripts/evaluate.py"
+
+
+rule summarize:
+    input:
+        metrics=all_metrics(),
+    output:
+        parquet="results/summary/metrics.parquet",
+        csv=report(
+            "results/summary/metrics.csv",
+            caption="../report/summary_metrics.rst",
+            category="Summary",
+            subcategory="All checkpoints",
+            labels={"table": "metrics per checkpoint"},
+        ),
+        markdown="results/summary/metrics.md",
+        best=report(
+            "results/summary/best_checkpoints.csv",
+            caption="../report/summary_best.rst",
+            category="Summary",
+            subcategory="Best checkpoints",
+            labels={"table": "best checkpoint per run"},
+        ),
+    log:
+        "results/logs/summarize.log",
+    benchmark:
+        "results/benchmarks/summarize.tsv"
+    conda:
+        "../envs/torch.yaml"
+    params:
+        best_checkpoint=config_subset("evaluation", "best_checkpoint"),
+    script:
+        "../workflow_scripts/summarize.py"

@@ -1,0 +1,91 @@
+# Figures (SPEC stage 7), one job per run, collected in the HTML report
+# (snakemake --report report.html): rollout overlays, loss and metric curves, pose VAE samples.
+# Helpers: rules/common_outputs.smk.
+
+
+rule figures:
+    input:
+        unpack(figure_inputs),
+    output:
+        rollout=report(
+            "results/figures/{family}/{run}/rollout.png",
+            caption="../report/rollout.rst",
+            category="Attention rollout",
+            subcategory="{family}",
+            labels={"model": "{family}", "run": "{run}", "figure": "rollout"},
+        ),
+        raw="results/figures/{family}/{run}/rollout.npy",
+        loss=report(
+            "results/figures/{family}/{run}/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+            subcategory="{family}",
+            labels={"model": "{family}", "run": "{run}", "figure": "training loss"},
+        ),
+        metrics=report(
+            "results/figures/{family}/{run}/metrics.png",
+            caption="../report/metrics.rst",
+            category="Metrics per checkpoint",
+            subcategory="{family}",
+            labels={
+                "model": "{family}",
+                "run": "{run}",
+                "figure": "metrics vs checkpoint",
+            },
+        ),
+    log:
+        "results/logs/figures/{family}/{run}.log",
+    benchmark:
+        "results/benchmarks/figures/{family}/{run}.tsv"
+    wildcard_constraints:
+        family=evaluated_families(),
+        run=evaluated_runs(),
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    params:
+        data=run_data,
+        best=best_rule,
+        steps=run_steps,
+        pose_test_sequences=config["evaluation"]["probe"]["pose_test_sequences"],
+        ct_spacing=config["preprocess"]["ct"]["spacing"],
+    script:
+        "../workflow_scripts/figures.py"
+
+
+rule figures_posevae:
+    input:
+        generated=run_generated,
+        metrics=run_metrics,
+        manifest="results/cache/pose/manifest.parquet",
+        shards="results/cache/pose/shards",
+    output:
+        reconstructions=report(
+            "results/figures/{family}/{run}/reconstructions.png",
+            caption="../report/reconstructions.rst",
+            category="Pose VAE",
+            subcategory="reconstructions",
+            labels={"model": "{family}", "run": "{run}", "figure": "reconstructions"},
+        ),
+        samples=report(
+            "results/figures/{family}/{run}/samples.png",
+            caption="../report/samples.rst",
+            category="Pose VAE",
+            subcategory="prior samples and interpolation",
+            labels={"model": "{family}", "run": "{run}", "figure": "samples"},
+        ),
+    log:
+        "results/logs/figures_posevae/{family}/{run}.log",
+    benchmark:
+        "results/benchmarks/figures_posevae/{family}/{run}.tsv"
+    wildcard_constraints:
+        family="posevae",
+        run=evaluated_runs(),
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    params:
+        best=best_rule,
+        pose_test_sequences=config["evaluation"]["probe"]["pose_test_sequences"],
+    script:
+        "../workflow_scripts/figures_posevae.py"

@@ -1,0 +1,182 @@
+"""The ``generate`` rule body: one checkpoint -> ``outputs.parquet`` (resumable).
+
+Output schemas (one row per item, parquet):
+
+Hierarchical ViT-3D and H-JEPA (embeddings, :mod:`strata.evaluation.embeddings`):
+
+============  ==============  ===========================================================
+column        type            meaning
+============  ==============  ===========================================================
+sample_id     string          pose: window id; CT: study id
+sequence      string          pose: sequence name; CT: study id
+frame         int64           pose: frame in the sequence (start + offset); CT: -1
+offset        int64           pose: frame inside the window (every ``frame_stride``); CT: -1
+level         int64           hierarchy level / stage, 0 = finest
+token         int64           pose: the level's time token of the frame (frame map); CT: -1
+label         int64           pose: the frame's behaviour label (-1 unknown); CT: -1
+embedding     list<float32>   the level's features (width differs per level)
+============  ==============  ===========================================================
+
+Pose VAE (:mod:`strata.evaluation.posevae`): ``kind`` (reconstruction | prior |
+interpolation), ``sample_id``, ``window_id`` (-1 unless a cached window), ``sequence``,
+``start``, ``step`` (index among prior samples / interpolation steps), ``num_frames``,
+``features``, ``latent_dim`` (Z; 0 when no posterior), ``pose`` (list<float32>, T*F row-major), ``mu`` and ``logvar``
+(list<float32>, N*Z, reconstructions only; empty otherwise).
+
+Chunks of ``batch_size`` samples go to part files in ``work_dir`` (not a declared output;
+:class:`~strata.evaluation.parts.ChunkedParquet`), so a killed job resumes where it stopped.
+Another family (Reg2RG reports) plugs in by adding a function to :data:`GENERATORS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from strata.config import to_dict
+from strata.evaluation.checkpoints import checkpoint_sha256, load_model
+from strata.evaluation.config import GenerationConfig
+from strata.evaluation.data import ct_volumes, model_input, pose_test_mask, pose_windows
+from strata.evaluation.embeddings import frame_embeddings, level_grids, volume_embeddings
+from strata.evaluation.parts import ChunkedParquet
+from strata.evaluation.posevae import prior_and_interpolation, reconstructions
+from strata.io.atomic import sha256_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """One (family, run, checkpoint) generate job.
+
+    Args:
+        family: model family (``hiera3d``, ``hjepa``, ``posevae``).
+        data: ``pose`` or ``ct``.
+        checkpoints: the run's ``checkpoints`` directory.
+        step: checkpoint step.
+        cache_dir: ``results/cache``.
+        output: the merged parquet file.
+        work_dir: part files until the merge (not a Snakemake output).
+        generation: sizes and seeds.
+        pose_test_sequences: held-out sequences (pose VAE interpolation ends).
+    """
+
+    family: str
+    data: Literal["pose", "ct"]
+    checkpoints: Path
+    step: int
+    cache_dir: Path
+    output: Path
+    work_dir: Path
+    generation: GenerationConfig
+    pose_test_sequences: int
+
+
+def fingerprint(job: GenerateJob) -> str:
+    manifest = job.cache_dir / job.data / "manifest.parquet"
+    blob = {"weights": checkpoint_sha256(job.checkpoints, job.step), "data": sha256_files([manifest]),
+            "generation": to_dict(job.generation), "test": job.pose_test_sequences, "family": job.family}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def pose_embeddings(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParquet) -> int:
+    data = pose_windows(job.cache_dir)
+    table, chunks = data.table, _chunks(len(data), job.generation.batch_size)
+    num_frames = data.x.shape[1]
+    offsets = torch.arange(0, num_frames, job.generation.frame_stride)
+
+    def compute(sl: slice) -> pd.DataFrame:
+        rows = table.iloc[sl]
+        grids = level_grids(job.family, model, model_input(job.family, data.x[sl], "pose"))
+        labels = data.labels[sl][:, offsets].numpy()  # (B, K)
+        b, k = labels.shape
+        frames = []
+        for level, (emb, tokens) in enumerate(frame_embeddings(grids, num_frames, offsets)):
+            frames.append(pd.DataFrame({
+                "sample_id": np.repeat(rows["window_id"].astype(str).to_numpy(), k),
+                "sequence": np.repeat(rows["sequence"].to_numpy(), k),
+                "frame": (rows["start"].to_numpy()[:, None] + offsets.numpy()[None]).reshape(-1),
+                "offset": np.tile(offsets.numpy(), b), "level": np.full(b * k, level, np.int64),
+                "token": np.tile(tokens.numpy(), b), "label": labels.reshape(-1),
+                "embedding": list(emb.reshape(b * k, -1).float().numpy()),
+            }))
+        return pd.concat(frames, ignore_index=True)
+
+    for i, sl in enumerate(chunks):
+        parts.run(i, lambda sl=sl: compute(sl))
+    return len(chunks)
+
+
+def ct_embeddings(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParquet) -> int:
+    data = ct_volumes(job.cache_dir)
+    ids = data.table["study_id"].astype(str).to_numpy()
+    chunks = _chunks(len(data), job.generation.batch_size)
+
+    def compute(sl: slice) -> pd.DataFrame:
+        x = torch.stack([data[i]["x"] for i in range(sl.start, sl.stop)])
+        grids = level_grids(job.family, model, model_input(job.family, x, "ct"))
+        n = sl.stop - sl.start
+        return pd.concat([pd.DataFrame({
+            "sample_id": ids[sl], "sequence": ids[sl], "frame": np.full(n, -1), "offset": np.full(n, -1),
+            "level": np.full(n, level, np.int64), "token": np.full(n, -1), "label": np.full(n, -1),
+            "embedding": list(emb.float().numpy()),
+        }) for level, emb in enumerate(volume_embeddings(grids))], ignore_index=True)
+
+    for i, sl in enumerate(chunks):
+        parts.run(i, lambda sl=sl: compute(sl))
+    return len(chunks)
+
+
+def posevae_outputs(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParquet) -> int:
+    data = pose_windows(job.cache_dir)
+    table, chunks = data.table, _chunks(len(data), job.generation.batch_size)
+    for i, sl in enumerate(chunks):
+        parts.run(i, lambda sl=sl: reconstructions(model, data.x[sl], data.valid[sl], table.iloc[sl]))
+    test = np.flatnonzero(pose_test_mask(table, job.pose_test_sequences))
+    ends = (int(test[0]), int(test[-1]))
+    g = job.generation.posevae
+    if g is None:
+        raise ValueError("pose VAE generation needs evaluation.generation.posevae")
+    parts.run(len(chunks), lambda: prior_and_interpolation(
+        model, data.x.shape[1], g.prior_samples, g.interpolation_steps, g.seed,
+        (data.x[ends[0]], data.x[ends[1]]), (data.valid[ends[0]], data.valid[ends[1]])))
+    return len(chunks) + 1
+
+
+def embeddings(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParquet) -> int:
+    return (pose_embeddings if job.data == "pose" else ct_embeddings)(job, model, parts)
+
+
+#: family -> writer of its part files (returns the number of parts)
+GENERATORS: dict[str, Callable[[GenerateJob, torch.nn.Module, ChunkedParquet], int]] = {
+    "hiera3d": embeddings,
+    "hjepa": embeddings,
+    "posevae": posevae_outputs,
+}
+
+
+def generate(job: GenerateJob) -> pd.DataFrame:
+    """Run ``job``: write missing part files, then merge them into ``job.output``."""
+    if job.family not in GENERATORS:
+        raise ValueError(f"no generator for model family {job.family!r} (known: {sorted(GENERATORS)})")
+    model = load_model(job.family, job.checkpoints, job.step)
+    parts = ChunkedParquet(job.work_dir, fingerprint(job))
+    if parts.written():
+        log.info("resuming: %d part files of an earlier attempt are kept", parts.written())
+    count = GENERATORS[job.family](job, model, parts)
+    frame = parts.merge(count, job.output)
+    log.info("%s step %d: %d rows in %d parts -> %s", job.family, job.step, len(frame), count, job.output)
+    return frame

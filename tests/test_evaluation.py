@@ -1,0 +1,266 @@
+"""Generate / evaluate / summary stages: targets, resumable parts, probes, VAE metrics,
+and the per-family generators on tiny checkpoints over the real demo pose cache."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from strata.config import read_yaml
+from strata.evaluation.config import (
+    BestCheckpoint,
+    GenerationConfig,
+    PoseVAEGenerationConfig,
+    ProbeConfig,
+)
+from strata.evaluation.data import held_out_sequences, pose_test_mask
+from strata.evaluation.embeddings import frame_map
+from strata.evaluation.evaluate import EvaluateJob, evaluate
+from strata.evaluation.generate import GenerateJob, fingerprint, generate
+from strata.evaluation.parts import ChunkedParquet
+from strata.evaluation.posevae import vae_metrics
+from strata.evaluation.probes import (
+    cross_validated_probe,
+    leave_one_out_probe,
+    split_probe,
+    stratified_folds,
+)
+from strata.evaluation.summary import best_checkpoints, markdown, wide_table
+from strata.evaluation.targets import evaluate_targets, figure_targets, model_checkpoints
+from strata.io.atomic import save_tensors, write_parquet
+from strata.models.registry import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = read_yaml(REPO / "config" / "config.yaml")
+ALPHAS = (0.1, 1.0, 10.0, 100.0)
+PROBE = ProbeConfig(ALPHAS, 2, "stratified_kfold", 3)
+GENERATION = GenerationConfig(64, 8, PoseVAEGenerationConfig(3, 4, 0))
+
+TINY_CT_HIERA = {"input_size": [16, 16, 8], "in_channels": 1, "patch_size": [4, 4, 2], "embed_dim": 8,
+                 "num_heads": 1, "stages": [1, 1], "q_strides": [[2, 2, 2]], "mask_unit_attn": [True, False],
+                 "mlp_ratio": 2.0, "out_embed_dims": [8, 16], "decoder_embed_dim": 8, "decoder_depth": 1,
+                 "decoder_num_heads": 1, "mask_ratio": 0.5, "norm_pix_loss": False}
+
+
+@pytest.fixture(scope="module")
+def pose_cache(tmp_path_factory) -> Path:
+    """``<cache>/pose`` made by the real pose stages from a 5-sequence demo (built from the
+    config sections directly, independent of the top-level config class)."""
+    from strata.config import DemoPoseConfig, PosePreprocessConfig, from_dict
+    from strata.pose.demo import write_demo_pose
+    from strata.pose.stage import preprocess_pose
+
+    demo = from_dict(DemoPoseConfig, dict(CONFIG["demo"]["pose"], n_sequences=5))
+    root = tmp_path_factory.mktemp("eval_pose")
+    npy = root / "demo" / "mouse_triplet_train.npy"
+    write_demo_pose(demo, CONFIG["seed"], npy, npy.with_suffix(".parquet"))
+    preprocess_pose(from_dict(PosePreprocessConfig, CONFIG["preprocess"]["pose"]), npy,
+                    root / "cache" / "pose" / "shards", root / "cache" / "pose" / "manifest.parquet")
+    return root / "cache"
+
+
+def write_checkpoint(root: Path, family: str, architecture: dict, step: int = 1, seed: int = 0) -> Path:
+    """A checkpoints/<step>/model.safetensors of a freshly initialised model (as training writes it)."""
+    torch.manual_seed(seed)
+    model = build_model(family, architecture)
+    save_tensors(model.state_dict(), root / "checkpoints" / str(step) / "model.safetensors",
+                 metadata={"architecture": architecture})
+    return root / "checkpoints"
+
+
+def pose_architecture(family: str) -> dict:
+    return copy.deepcopy(CONFIG["models"][family]["pose"]["architecture"])
+
+
+def gen_job(tmp: Path, family: str, data: str, checkpoints: Path, cache: Path,
+            generation: GenerationConfig = GENERATION) -> GenerateJob:
+    return GenerateJob(family=family, data=data, checkpoints=checkpoints, step=1, cache_dir=cache,
+                       output=tmp / "generate" / "1" / "outputs.parquet", work_dir=tmp / "generate" / ".work-1",
+                       generation=generation, pose_test_sequences=2)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_targets_follow_the_checkpoint_schedule():
+    models = {"posevae": {"a": {"train": dict(CONFIG["models"]["posevae"]["pose"]["train"], total_steps=120,
+                                              save_every=50)}}}
+    assert model_checkpoints(models) == [("posevae", "a", 50), ("posevae", "a", 100), ("posevae", "a", 120)]
+    assert evaluate_targets(models)[-1] == "results/posevae/a/evaluate/120/metrics.parquet"
+    assert "results/figures/posevae/a/samples.png" in figure_targets(models)
+
+
+def test_pose_split_holds_out_the_last_sequences_in_sorted_order():
+    table = pd.DataFrame({"sequence": ["s2", "s0", "s10", "s1", "s2"]})
+    assert held_out_sequences(table["sequence"], 2) == ["s10", "s2"]
+    assert pose_test_mask(table, 2).tolist() == [True, False, True, False, True]
+    assert held_out_sequences(["a", "b"], 5) == ["b"]  # one sequence always stays for training
+
+
+def test_frame_map_sends_frames_to_their_time_token():
+    assert frame_map(64, 8, torch.tensor([0, 7, 8, 63])).tolist() == [0, 0, 1, 7]
+    with pytest.raises(ValueError, match="do not split"):
+        frame_map(64, 6, torch.tensor([0]))
+
+
+def test_chunked_parquet_skips_written_parts_and_drops_stale_ones(tmp_path):
+    calls = []
+
+    def chunk(i):
+        calls.append(i)
+        return pd.DataFrame({"i": [i, i]})
+
+    parts = ChunkedParquet(tmp_path / "work", "fp1")
+    parts.run(0, lambda: chunk(0))
+    with pytest.raises(RuntimeError):
+        parts.run(1, lambda: (_ for _ in ()).throw(RuntimeError("killed")))  # job dies in chunk 1
+    parts = ChunkedParquet(tmp_path / "work", "fp1")  # the re-run
+    for i in range(3):
+        parts.run(i, lambda i=i: chunk(i))
+    assert calls == [0, 1, 2]  # chunk 0 not recomputed
+    merged = parts.merge(3, tmp_path / "out.parquet")
+    assert merged["i"].tolist() == [0, 0, 1, 1, 2, 2] and not (tmp_path / "work").exists()
+    parts = ChunkedParquet(tmp_path / "work", "fp1")
+    parts.run(0, lambda: chunk(0))
+    ChunkedParquet(tmp_path / "work", "fp2")  # other weights: old parts are discarded
+    assert not (tmp_path / "work" / "part-000000.parquet").exists()
+
+
+def test_split_probe_learns_a_separable_label_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    x = rng.normal(size=(120, 5))
+    x[np.arange(120), y] += 4.0  # each class shifted along its own axis
+    is_test = np.tile(np.arange(40) >= 30, 3)
+    first = split_probe(x, y, is_test, ALPHAS)
+    assert first.accuracy == 1.0 and first.macro_f1 == 1.0 and first.n_test == 30
+    assert split_probe(x, y, is_test, ALPHAS) == first
+    noise = split_probe(rng.normal(size=(120, 5)), y, is_test, ALPHAS)
+    assert noise.accuracy < 0.7
+    y_unknown = y.copy()
+    y_unknown[:5] = -1  # unknown labels are left out
+    assert split_probe(x, y_unknown, is_test, ALPHAS).n_train == 85
+
+
+def test_leave_one_out_probe_predicts_every_sample_from_the_others():
+    x = np.array([[0.0], [0.1], [0.2], [1.0], [1.1], [1.2]])
+    result = leave_one_out_probe(x, np.array([0, 0, 0, 1, 1, 1]), ALPHAS)
+    assert result.accuracy == 1.0 and result.n_test == 6 and result.n_train == 5
+
+
+def test_stratified_folds_keep_training_parts_balanced_unlike_leave_one_out():
+    y = np.repeat([0, 1, 2], 4)
+    folds = stratified_folds(y, 2)
+    assert folds.tolist() == [0, 1, 0, 1] * 3
+    x = np.zeros((12, 3))  # uninformative features: chance is 1/3
+    assert leave_one_out_probe(x, y, ALPHAS).accuracy == 0.0  # the bias that rules plain LOO out
+    assert cross_validated_probe(x, y, stratified_folds(y, 3), ALPHAS).accuracy == pytest.approx(1 / 3)
+
+
+def test_vae_metrics_by_hand():
+    x = np.zeros((1, 2, 2))
+    recon = np.array([[[1.0, 2.0], [3.0, 100.0]]])
+    valid = np.array([[[1, 1], [1, 0]]])  # the 100 is on a missing keypoint
+    mu = np.array([[[1.0, 0.0], [-1.0, 0.0]]])  # 2 chunks, 2 latent dims
+    logvar = np.zeros_like(mu)
+    m = vae_metrics(recon, x, valid, mu, logvar)
+    assert m["recon_mse"] == pytest.approx((1 + 4 + 9) / 3)
+    assert m["kl"] == pytest.approx(0.5)  # per chunk: 0.5 * 1^2, summed over dims, mean over chunks
+    assert m["active_units"] == 1.0  # dim 0 varies (variance 1 > 0.01), dim 1 does not
+
+
+def test_summary_picks_the_best_checkpoint_in_the_configured_direction():
+    long = pd.DataFrame([
+        ("posevae", "p", 1, "all", "recon_mse", 0.5), ("posevae", "p", 2, "all", "recon_mse", 0.2),
+        ("posevae", "p", 3, "all", "recon_mse", 0.2),
+        ("hjepa", "c", 1, "0", "probe_macro_f1", 0.6), ("hjepa", "c", 1, "1", "probe_macro_f1", 0.8),
+        ("hjepa", "c", 2, "0", "probe_macro_f1", 0.5), ("hjepa", "c", 2, "1", "probe_macro_f1", 0.5),
+    ], columns=["family", "run", "step", "level", "metric", "value"])
+    wide = wide_table(long)
+    assert wide.loc[wide["step"].eq(1) & wide["family"].eq("hjepa"), "probe_macro_f1"].item() == pytest.approx(0.7)
+    assert "probe_macro_f1@L1" in wide
+    best = best_checkpoints(wide, {"posevae": BestCheckpoint("recon_mse", False),
+                                   "hjepa": BestCheckpoint("probe_macro_f1", True)}).set_index("family")
+    assert best.loc["posevae", "step"] == 2  # lower is better; tie -> the earlier step
+    assert best.loc["hjepa", "step"] == 1
+    assert "| posevae | p | 2 |" in markdown(wide, best.reset_index())
+
+
+# --------------------------------------------------------------------------- generators on tiny checkpoints
+
+
+def test_embedding_generation_resumes_and_feeds_the_probe(tmp_path, pose_cache):
+    checkpoints = write_checkpoint(tmp_path, "hiera3d", pose_architecture("hiera3d"))
+    job = gen_job(tmp_path, "hiera3d", "pose", checkpoints, pose_cache)
+    full = generate(job)
+    windows = len(pd.read_parquet(pose_cache / "pose" / "manifest.parquet"))
+    assert len(full) == windows * (64 // 8) * 3  # frames every 8th of 64, 3 stages
+    assert sorted(full.groupby("level")["embedding"].first().map(len)) == [32, 48, 64]
+    first = full[(full["sample_id"] == "0") & (full["level"] == 2)]
+    assert first["token"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # 8 time tokens at stage 2
+    metrics = evaluate(EvaluateJob("hiera3d", "pose", 1, "pose", job.output, pose_cache, PROBE,
+                                   None))
+    probes = metrics[metrics["metric"] == "probe_accuracy"]
+    assert probes["level"].tolist() == ["0", "1", "2"] and probes["value"].between(0, 1).all()
+    # A killed job left part 0 behind: the re-run keeps it (sentinel) and computes the rest.
+    parts = ChunkedParquet(job.work_dir, fingerprint(job))
+    write_parquet(full.iloc[:0], parts.part(0))  # an empty part 0: must be kept, not recomputed
+    again = generate(job)
+    assert len(again) == len(full) - (full["sample_id"].astype(int) < 64).sum()
+    assert not job.work_dir.exists()
+
+
+def test_hjepa_levels_and_posevae_outputs(tmp_path, pose_cache):
+    checkpoints = write_checkpoint(tmp_path / "j", "hjepa", pose_architecture("hjepa"))
+    out = generate(gen_job(tmp_path / "j", "hjepa", "pose", checkpoints, pose_cache))
+    assert sorted(out["level"].unique()) == [0, 1, 2]
+
+    checkpoints = write_checkpoint(tmp_path / "v", "posevae", pose_architecture("posevae"))
+    job = gen_job(tmp_path / "v", "posevae", "pose", checkpoints, pose_cache)
+    out = generate(job)
+    counts = out["kind"].value_counts()
+    windows = len(pd.read_parquet(pose_cache / "pose" / "manifest.parquet"))
+    assert (counts["reconstruction"], counts["prior"], counts["interpolation"]) == (windows, 3, 4)
+    assert generate(job)["pose"].map(list).equals(out["pose"].map(list))  # seeded: identical rerun
+    metrics = evaluate(EvaluateJob("posevae", "pose", 1, "pose", job.output, pose_cache, PROBE, None))
+    values = dict(zip(metrics["metric"], metrics["value"]))
+    # the stored reconstruction gives the same held-out MSE as the model itself
+    from strata.evaluation.checkpoints import load_model
+    from strata.evaluation.data import pose_windows
+    data = pose_windows(pose_cache)
+    test = torch.from_numpy(np.flatnonzero(pose_test_mask(data.table, 2)))
+    model = load_model("posevae", checkpoints, 1)
+    recon = model.reconstruct(data.x[test], data.valid[test]).recon
+    x, w = data.x[test][:, :, 0], data.valid[test][:, :, 0].float()
+    assert values["recon_mse"] == pytest.approx(float(((recon - x) ** 2 * w).sum() / w.sum()), rel=1e-5)
+    assert values["kl"] > 0 and 0 <= values["active_units"] <= 16
+
+
+def test_ct_embeddings_and_leave_one_out_probes(tmp_path):
+    cache = tmp_path / "cache"
+    rows, findings = [], {}
+    for i in range(6):
+        sid = f"s{i}"
+        image = torch.rand(1, 16, 16, 8) + (i % 2)  # cardiomegaly studies are brighter
+        save_tensors({"image": image, "masks": torch.zeros(10, 16, 16, 8, dtype=torch.uint8)},
+                     cache / "ct" / "studies" / f"{sid}.safetensors")
+        rows.append({"study_id": sid, "cache_file": str(cache / "ct" / "studies" / f"{sid}.safetensors")})
+        findings[sid] = {"nodule_size": ("none", "small", "large")[i % 3], "cardiomegaly": str(bool(i % 2)),
+                         "effusion": ("none", "left")[i // 3]}
+    write_parquet(pd.DataFrame(rows), cache / "ct" / "manifest.parquet")
+    checkpoints = write_checkpoint(tmp_path, "hiera3d", TINY_CT_HIERA)
+    job = gen_job(tmp_path, "hiera3d", "ct", checkpoints, cache, generation=GenerationConfig(4, 8))
+    out = generate(job)
+    assert len(out) == 12 and (out["frame"] == -1).all()
+    metrics = evaluate(EvaluateJob("hiera3d", "ct", 1, "ct", job.output, cache, PROBE, findings))
+    names = set(metrics["metric"])
+    assert {"probe_macro_f1/cardiomegaly", "probe_macro_f1/effusion", "probe_macro_f1", "embedding_std"} <= names
+    card = metrics[(metrics["metric"] == "probe_accuracy/cardiomegaly")]["value"]
+    assert (card == 1.0).all()  # intensity separates the classes at every level
+    no_labels = evaluate(EvaluateJob("hiera3d", "ct", 1, "ct", job.output, cache, PROBE, None))
+    assert set(no_labels["metric"]) == {"embedding_std"}

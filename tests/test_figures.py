@@ -1,0 +1,86 @@
+"""Rollout maps per model family and the figure writers (PNG files, Agg backend)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_evaluation import TINY_CT_HIERA, pose_architecture
+
+from strata.figures.ct import ct_rollout_figure, planes
+from strata.figures.curves import loss_figure, metric_figure, smooth
+from strata.figures.pose import pose_rollout_figure, reconstruction_figure, samples_figure
+from strata.figures.rollout_maps import (
+    hiera3d_rollout,
+    hjepa_rollout,
+    posevae_rollout,
+    upsample_grid,
+)
+from strata.models.registry import build_model
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def test_upsample_grid_gives_each_patch_its_token_value():
+    out = upsample_grid(torch.arange(4.0).view(2, 1, 2), (2, 1, 3))
+    assert out.shape == (4, 1, 6) and out[:, 0, :].tolist() == [[0, 0, 0, 1, 1, 1]] * 2 + [[2, 2, 2, 3, 3, 3]] * 2
+
+
+def test_rollouts_of_every_family_cover_the_input():
+    torch.manual_seed(0)
+    hiera = build_model("hiera3d", pose_architecture("hiera3d")).eval()
+    x = torch.randn(1, 1, 64, 1, 72)
+    result = hiera3d_rollout(hiera, x)
+    assert result.matrix.shape == (16, 768)  # rectangular: last-stage tokens x input tokens
+    assert torch.allclose(result.matrix.sum(-1), torch.ones(16), atol=1e-5)  # row-stochastic product
+    assert result.relevance.shape == (64, 1, 72)
+
+    ct = build_model("hiera3d", TINY_CT_HIERA).eval()
+    assert hiera3d_rollout(ct, torch.rand(1, 1, 16, 16, 8)).relevance.shape == (16, 16, 8)
+
+    jepa = build_model("hjepa", pose_architecture("hjepa")).eval()
+    result = hjepa_rollout(jepa, x)
+    assert result.matrix.shape == (96, 96) and result.relevance.shape == (64, 1, 72)
+
+    vae = build_model("posevae", pose_architecture("posevae")).eval()
+    window = torch.randn(1, 64, 1, 72)
+    result = posevae_rollout(vae, window, torch.ones_like(window))
+    assert result.matrix.shape == (4, 4) and result.relevance.shape == (64,)
+    # relevance is constant inside a chunk (attention over chunks only)
+    assert torch.equal(result.relevance[:16], result.relevance[0].expand(16))
+
+
+def test_ct_planes_are_central_slices():
+    volume = np.arange(4 * 6 * 8, dtype=float).reshape(4, 6, 8)
+    p = planes(volume)
+    assert p["axial"].shape == (6, 4) and p["coronal"].shape == (8, 4) and p["sagittal"].shape == (8, 6)
+    assert p["axial"][0, 0] == volume[0, 0, 4]
+
+
+def test_figure_writers_produce_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    ct_rollout_figure(rng.random((16, 16, 8)), rng.random((16, 16, 8)), (5.0, 5.0, 9.0), "ct", tmp_path / "ct.png")
+    pose_rollout_figure(rng.random((64, 72)), rng.random((64, 72)), "pose", tmp_path / "pose.png")
+    pose_rollout_figure(rng.random(64), rng.random((64, 72)), "vae", tmp_path / "vae.png", rng.random((4, 4)))
+    windows = rng.random((2, 64, 72))
+    reconstruction_figure(windows, windows > 0.1, windows + 0.1, ["a", "b"], "recon", tmp_path / "recon.png")
+    samples_figure(rng.random((2, 64, 72)), rng.random((3, 64, 72)), "samples", tmp_path / "samples.png")
+    log = pd.DataFrame({"step": np.arange(1, 51), "loss": np.linspace(1, 0.1, 50), "lr": 0.1, "kl": 1.0})
+    loss_figure(log, [25, 50], "loss", tmp_path / "loss.png")
+    metrics = pd.DataFrame({"step": [1, 2, 1, 2], "level": ["0", "0", "1", "1"],
+                            "metric": ["probe_macro_f1"] * 4, "value": [0.1, 0.2, 0.3, 0.4]})
+    metric_figure(metrics, ["probe_macro_f1", "absent"], 2, "metrics", tmp_path / "metrics.png")
+    with pytest.raises(ValueError, match="none of the metrics"):
+        metric_figure(metrics, ["absent"], None, "x", tmp_path / "none.png")
+    for name in ("ct", "pose", "vae", "recon", "samples", "loss", "metrics"):
+        assert is_png(tmp_path / f"{name}.png"), name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+def test_smooth_is_a_trailing_mean():
+    assert smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist() == [1.0, 2.0, 4.0, 6.0]
