@@ -74,7 +74,8 @@ def runs_on(data: str) -> dict[str, int]:
 
 def upstream(plan: dict[str, int]) -> dict[str, int]:
     """The plan without the per-checkpoint stages that follow every training."""
-    return {k: v for k, v in plan.items() if k not in {"generate", "evaluate", "figures", "summarize", "all"}}
+    return {k: v for k, v in plan.items()
+            if k not in {"generate", "evaluate", "figures", "figures_posevae", "summarize", "all"}}
 
 
 def test_pose_only_change_reruns_only_pose_rules(demo_run):
