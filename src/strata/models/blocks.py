@@ -19,18 +19,23 @@ class Attention(nn.Module):
 
     Args:
         dim: token width.
-        heads: number of heads (``dim`` must divide evenly).
+        heads: number of heads.
+        head_dim: width per head; default ``dim // heads`` (``dim`` must then divide). RadFM's
+            ViT-3D uses 8 x 64 = 512 inside 768-wide tokens.
         qkv_bias: bias on the fused q/k/v projection.
         dropout: dropout on the attention probabilities (training only).
     """
 
-    def __init__(self, *, dim: int, heads: int, qkv_bias: bool = True, dropout: float = 0.0) -> None:
+    def __init__(self, *, dim: int, heads: int, head_dim: int | None = None, qkv_bias: bool = True,
+                 dropout: float = 0.0) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        if head_dim is None:
+            if dim % heads:
+                raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+            head_dim = dim // heads
+        self.heads, self.head_dim, self.dropout = heads, head_dim, dropout
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=qkv_bias)
+        self.proj = nn.Linear(heads * head_dim, dim)
         self.softmax = nn.Softmax(dim=-1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, return_attention: bool = False
@@ -71,15 +76,19 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
-    def __init__(self, *, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 norm_eps: float = 1e-6, dropout: float = 0.0) -> None:
+    The MLP's hidden width is ``mlp_hidden`` when given, else ``dim * mlp_ratio``.
+    """
+
+    def __init__(self, *, dim: int, heads: int, mlp_ratio: float = 4.0, mlp_hidden: int | None = None,
+                 head_dim: int | None = None, qkv_bias: bool = True, norm_eps: float = 1e-6,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim=dim, heads=heads, qkv_bias=qkv_bias, dropout=dropout)
+        self.attn = Attention(dim=dim, heads=heads, head_dim=head_dim, qkv_bias=qkv_bias, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim=dim, hidden=int(dim * mlp_ratio))
+        self.mlp = Mlp(dim=dim, hidden=mlp_hidden or int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, mask: Tensor | None = None, return_attention: bool = False
                 ) -> tuple[Tensor, Tensor | None]:

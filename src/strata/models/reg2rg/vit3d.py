@@ -11,11 +11,10 @@ tokens of width 768, 66.2 M parameters.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from strata.models.blocks import Mlp
+from strata.models.blocks import Block
 from strata.reg2rg.config import ViT3DConfig
 
 
@@ -54,51 +53,10 @@ class PositionEmbedding3D(nn.Module):
         return rearrange(torch.cat([eh, ew, ed], dim=-1), "h w d c -> (h w d) c")
 
 
-class ViTAttention(nn.Module):
-    """Self-attention with an inner width ``heads * head_dim`` that may differ from the
-    token width (RadFM: 8 x 64 = 512 inside 768-wide tokens); qkv without bias.
-
-    Fused SDPA by default; ``return_attention`` takes the explicit softmax path (a named
-    submodule, so hooks can record it) and returns the probabilities for rollout.
-
-    Args:
-        dim: token width.
-        heads: attention heads.
-        head_dim: width per head.
-    """
-
-    def __init__(self, *, dim: int, heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.heads, self.head_dim = heads, head_dim
-        self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
-        self.proj = nn.Linear(heads * head_dim, dim)
-        self.softmax = nn.Softmax(dim=-1)
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        """``x``: [B, N, dim] -> [B, N, dim] and the probabilities [B, heads, N, N] or None."""
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        if return_attention:
-            attn = self.softmax((q @ k.transpose(-2, -1)) * self.head_dim ** -0.5)  # (B, h, N, N)
-            out = attn @ v  # (B, h, N, d)
-        else:
-            attn, out = None, F.scaled_dot_product_attention(q, k, v)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)")), attn
-
-
-class ViTBlock(nn.Module):
-    """Pre-norm block: x + Attn(LN(x)), then x + MLP(LN(x)) (LayerNorm eps 1e-5, as RadFM)."""
-
-    def __init__(self, *, dim: int, heads: int, head_dim: int, mlp_dim: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = ViTAttention(dim=dim, heads=heads, head_dim=head_dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim=dim, hidden=mlp_dim)
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        y, attn = self.attn(self.norm1(x), return_attention=return_attention)
-        x = x + y
-        return x + self.mlp(self.norm2(x)), attn
+def vit_block(*, dim: int, heads: int, head_dim: int, mlp_dim: int) -> Block:
+    """RadFM's pre-norm block: the shared :class:`Block` with an inner attention width of
+    ``heads * head_dim`` (512 inside 768-wide tokens), qkv without bias, LayerNorm eps 1e-5."""
+    return Block(dim=dim, heads=heads, head_dim=head_dim, mlp_hidden=mlp_dim, qkv_bias=False, norm_eps=1e-5)
 
 
 class ViT3D(nn.Module):
@@ -118,8 +76,8 @@ class ViT3D(nn.Module):
         self.patch_proj = nn.Linear(patch_dim, cfg.dim)
         self.patch_norm_out = nn.LayerNorm(cfg.dim)
         self.pos_embed = PositionEmbedding3D(width=cfg.dim // 3, pos_grid=cfg.pos_grid)
-        self.blocks = nn.ModuleList(ViTBlock(dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim,
-                                             mlp_dim=cfg.mlp_dim) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(vit_block(dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim,
+                                              mlp_dim=cfg.mlp_dim) for _ in range(cfg.depth))
 
     def grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         """Patch grid of a ``[..., C, H, W, D]`` input; a side that does not divide is an error."""
