@@ -14,16 +14,18 @@ What is measured
       -> ``ScaleIntensityRanged`` -> the same ``region_crops`` helper as ours ->
       ``Resized`` (area image, nearest masks) -> channel repeat and dtype cast.
 
-Both paths use the ``preprocess.ct`` section of ``config/full.yaml`` and run in their own
-subprocess, one after the other, with the same ``torch.set_num_threads``. Each does one
-untimed warm-up volume, then ``--repeats`` timed passes over all studies. Peak memory is
-the subprocess's ``VmHWM`` (its own high-water RSS since exec); ``ru_maxrss`` is printed
-too (Linux carries it over from the parent, hence the small driver process). The first
-pass's outputs are compared tensor by tensor: image and region images (max abs
-difference, fraction of voxels beyond ``--image-tol``), masks and region masks (fraction
-of differing voxels), presence flags and affine. The script exits non-zero if they
-differ beyond tolerance or the ratio ours/baseline is below ``--target``. The machine
-should be otherwise idle: the load average and CPU/wall ratio are printed to show it.
+Both paths use the ``preprocess.ct`` section of ``config/full.yaml``, each in its own
+long-lived subprocess with the same ``torch.set_num_threads``. Each does one untimed
+warm-up volume, then ``--repeats`` timed passes over all studies; the volumes are
+interleaved (ours, baseline, then baseline, ours, ...) and never overlap, so load from
+other processes falls on both paths alike. Peak memory is each subprocess's ``VmHWM``
+(its own high-water RSS since exec); ``ru_maxrss`` is printed too (Linux carries it over
+from the parent, hence the small driver process). The first pass's outputs are compared
+tensor by tensor: image and region images (max abs difference, fraction of voxels beyond
+``--image-tol``), masks and region masks (fraction of differing voxels), presence flags
+and affine. The script exits non-zero if they differ beyond tolerance or the ratio
+ours/baseline of volumes/s is below ``--target``. The machine should be otherwise idle
+(``--wait-idle``); the load average and CPU/wall ratio are printed to show whether it was.
 
 The synthetic studies (project demo phantom, 512 x 512 in-plane, ~0.7 x 0.7 x 2.5 mm,
 ten NIfTI region masks each) are written once into ``--workdir`` and reused while the
@@ -33,6 +35,7 @@ Run (from the repository root)::
 
     .venv/bin/python bench/preprocess_ct.py [--studies 3 --slices 120]
     .venv/bin/python bench/preprocess_ct.py --stages   # also print a per-stage time split
+    .venv/bin/python bench/preprocess_ct.py --wait-idle 600   # on a shared machine
 """
 
 from __future__ import annotations
@@ -278,25 +281,33 @@ def save_outputs(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: tensors[k].contiguous() for k in OUTPUT_KEYS}, str(path))
 
 
-def timing_worker(name: str, studies: list[BenchStudy], cfg: CTPreprocessConfig, repeats: int,
-                  out_dir: Path) -> dict[str, Any]:
-    """Warm up on one volume, then time ``repeats`` passes; keeps the first pass's outputs."""
+RESULT_PREFIX = "@@preprocess_ct "  # marks the worker's reply lines on its stdout
+
+
+def reply(result: dict[str, Any]) -> None:
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def serve_worker(name: str, studies: list[BenchStudy], cfg: CTPreprocessConfig, out_dir: Path) -> None:
+    """Run one path on request: stdin lines ``run <study index> <save 0|1>`` or ``quit``.
+
+    Each ``run`` times one volume (wall and process CPU time), optionally saves its outputs
+    (untimed, before replying so the other path never runs alongside) and replies one line.
+    """
     fn = partial(run_ours, cfg=cfg) if name == "ours" else make_baseline(cfg, list(studies[0].masks))
-    start = time.perf_counter()
-    fn(studies[0])
-    warmup = time.perf_counter() - start
-    seconds, cpu_seconds = [], []
-    for repeat in range(repeats):
-        for study in studies:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            tensors = fn(study)
-            seconds.append(time.perf_counter() - start)
-            cpu_seconds.append(time.process_time() - cpu_start)
-            if repeat == 0:
-                save_outputs(tensors, out_dir / name / f"{study.study_id}.safetensors")
-            del tensors
-    return {"warmup_s": warmup, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss": peak_rss_bytes(),
-            "loadavg_1min_end": os.getloadavg()[0]}
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "quit":
+            reply({"peak_rss": peak_rss_bytes(), "torch_threads": torch.get_num_threads()})
+            return
+        study = studies[int(command[1])]
+        start, cpu_start = time.perf_counter(), time.process_time()
+        tensors = fn(study)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        if command[2] == "1":
+            save_outputs(tensors, out_dir / name / f"{study.study_id}.safetensors")
+        del tensors
+        reply({"seconds": seconds, "cpu_seconds": cpu_seconds, "loadavg": os.getloadavg()[0]})
 
 
 class Laps:
@@ -374,33 +385,99 @@ def worker_main(args: argparse.Namespace) -> None:
     cfg = load_ct_config(args.config)
     studies = find_studies(args.workdir, args.studies)
     if args.worker in PATHS:
-        result = timing_worker(args.worker, studies, cfg, args.repeats, args.workdir / "outputs")
+        serve_worker(args.worker, studies, cfg, args.workdir / "outputs")
+        return
+    if args.worker == "stages-ours":
+        run_ours(studies[0], cfg)  # warm-up: first-touch page faults would inflate the first stages
+        stages = ours_stages(studies[0], cfg)
     else:
-        if args.worker == "stages-ours":
-            run_ours(studies[0], cfg)  # warm-up: first-touch page faults would inflate the first stages
-            stages = ours_stages(studies[0], cfg)
-        else:
-            make_baseline(cfg, list(studies[0].masks))(studies[0])
-            stages = baseline_stages(studies[0], cfg)
-        result = {"stages": stages, "peak_rss": peak_rss_bytes()}
-    result["torch_threads"] = torch.get_num_threads()
+        make_baseline(cfg, list(studies[0].masks))(studies[0])
+        stages = baseline_stages(studies[0], cfg)
+    result = {"stages": stages, "peak_rss": peak_rss_bytes(), "torch_threads": torch.get_num_threads()}
     Path(args.result).write_text(json.dumps(result))
 
 
 # --------------------------------------------------------------------------- driver
 
 
+def worker_command(worker: str, args: argparse.Namespace, result: Path | None = None) -> list[str]:
+    """This script re-run as ``--worker``, with the driver's data and thread settings."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker,
+           "--workdir", str(args.workdir), "--studies", str(args.studies), "--slices", str(args.slices),
+           "--seed", str(args.seed), "--threads", str(args.threads), "--config", str(args.config)]
+    return cmd + (["--result", str(result)] if result is not None else [])
+
+
 def spawn_worker(worker: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Re-run this script as ``--worker``; returns the JSON result it writes."""
+    """Run a one-shot worker (generation, stage split); returns the JSON result it writes."""
     result = args.workdir / "results" / f"{worker}.json"
     result.parent.mkdir(parents=True, exist_ok=True)
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--result", str(result),
-           "--workdir", str(args.workdir), "--studies", str(args.studies), "--slices", str(args.slices),
-           "--seed", str(args.seed), "--threads", str(args.threads), "--repeats", str(args.repeats),
-           "--config", str(args.config)]
-    subprocess.run(cmd, check=True)
+    subprocess.run(worker_command(worker, args, result), check=True)
     return json.loads(result.read_text())
+
+
+class PathWorker:
+    """A long-lived subprocess running one path, one volume per request."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(worker_command(name, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+
+    def ask(self, line: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        for out in self.proc.stdout:
+            if out.startswith(RESULT_PREFIX):
+                return json.loads(out[len(RESULT_PREFIX):])
+            print(out, end="")  # anything else the libraries print
+        raise RuntimeError(f"{self.name} worker exited with code {self.proc.wait()}")
+
+    def close(self) -> dict[str, Any]:
+        result = self.ask("quit")
+        self.proc.wait()
+        return result
+
+
+def run_timing(args: argparse.Namespace, studies: list[BenchStudy]) -> dict[str, dict[str, Any]]:
+    """Warm up both paths, then time them volume by volume, alternating which goes first.
+
+    Both workers stay alive, so each path's peak RSS is its own, while interleaving makes
+    load from other processes fall on both paths alike.
+    """
+    workers = {name: PathWorker(name, args) for name in PATHS}
+    results: dict[str, dict[str, Any]] = {name: {"seconds": [], "cpu_seconds": [], "loadavg": []} for name in PATHS}
+    try:
+        for name in PATHS:
+            results[name]["warmup_s"] = workers[name].ask("run 0 0")["seconds"]
+        step = 0
+        for repeat in range(args.repeats):
+            for index, study in enumerate(studies):
+                for name in PATHS if step % 2 == 0 else PATHS[::-1]:
+                    r = workers[name].ask(f"run {index} {int(repeat == 0)}")
+                    for key in ("seconds", "cpu_seconds", "loadavg"):
+                        results[name][key].append(r[key])
+                    print(f"  pass {repeat + 1}, {study.study_id}, {name:<8}: {r['seconds']:6.1f} s "
+                          f"(load {r['loadavg']:.2f})", flush=True)
+                step += 1
+        for name in PATHS:
+            results[name].update(workers[name].close())
+    finally:
+        for worker in workers.values():
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+    return results
+
+
+def wait_for_idle(max_wait: float, threshold: float = 0.5) -> None:
+    """Wait up to ``max_wait`` s for the 1-min load average to drop below ``threshold``."""
+    deadline = time.monotonic() + max_wait
+    if os.getloadavg()[0] >= threshold and max_wait > 0:
+        print(f"waiting up to {max_wait:.0f} s for the 1-min load average to drop below {threshold} ...", flush=True)
+    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
+        time.sleep(5)
 
 
 def compare_study(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], image_tol: float) -> dict[str, Any]:
@@ -449,19 +526,23 @@ def gib(peak: dict[str, int]) -> str:
     return f"{peak['vm_hwm'] / 2**30:.2f} GiB"
 
 
-def print_timing(results: dict[str, dict[str, Any]]) -> None:
+def print_timing(results: dict[str, dict[str, Any]], threads: int) -> None:
     print(f"\n{'path':<10}{'volumes':>8}{'total s':>10}{'s/volume':>10}{'volumes/s':>11}{'warm-up s':>11}"
-          f"{'cpu/wall':>10}{'peak RSS':>12}{'ru_maxrss':>12}{'load end':>10}")
+          f"{'cpu/wall':>10}{'peak RSS':>12}{'ru_maxrss':>12}{'max load':>10}")
     for name in PATHS:
         r = results[name]
         print(f"{name:<10}{len(r['seconds']):>8}{sum(r['seconds']):>10.1f}{np.mean(r['seconds']):>10.2f}"
               f"{volumes_per_s(r):>11.3f}{r['warmup_s']:>11.1f}{sum(r['cpu_seconds']) / sum(r['seconds']):>10.2f}"
-              f"{gib(r['peak_rss']):>12}{r['peak_rss']['ru_maxrss'] / 2**30:>8.2f} GiB{r['loadavg_1min_end']:>10.2f}")
+              f"{gib(r['peak_rss']):>12}{r['peak_rss']['ru_maxrss'] / 2**30:>8.2f} GiB{max(r['loadavg']):>10.2f}")
     print("(cpu/wall: process CPU time over wall time of the timed volumes, at most --threads on an idle "
-          "machine; load end: 1-min load average when the path finished -- above --threads means other "
-          "processes competed for the cores)")
+          "machine; max load: highest 1-min load average seen after a volume -- above --threads means "
+          "other processes competed for the cores)")
     cpu_ratio = sum(results["baseline"]["cpu_seconds"]) / sum(results["ours"]["cpu_seconds"])
-    print(f"ratio by CPU time (less sensitive to other load, not the target metric): {cpu_ratio:.2f}x")
+    print(f"ratio by CPU time (not the target metric): {cpu_ratio:.2f}x")
+    busiest = max(max(r["loadavg"]) for r in results.values())
+    if busiest > threads + 0.5:
+        print(f"WARNING: the load average reached {busiest:.1f} with {threads} threads: other processes "
+              "competed for the cores, so the times (and the ratio) are not reliable")
 
 
 def print_equality(figures: dict[str, dict[str, Any]]) -> None:
@@ -509,6 +590,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "differing by more than --image-tol (default 1e-3)")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "full.yaml",
                         help="config whose preprocess.ct section is used (default config/full.yaml)")
+    parser.add_argument("--wait-idle", type=float, default=0.0,
+                        help="wait up to this many seconds for the 1-min load average to drop below 0.5 "
+                             "before timing (default 0: start at once)")
     parser.add_argument("--stages", action="store_true", help="also time the stages of each path on one volume")
     parser.add_argument("--keep-outputs", action="store_true", help="keep both paths' output tensors in the workdir")
     parser.add_argument("--worker", choices=[*PATHS, "stages-ours", "stages-baseline", "generate"],
@@ -530,16 +614,16 @@ def main(argv: list[str] | None = None) -> int:
           f"channels {cfg.channels}, dtype {cfg.dtype}; threads {args.threads}")
     spawn_worker("generate", args)  # in a child, so the phantoms' memory never inflates this process
     studies = find_studies(args.workdir, args.studies)
+    wait_for_idle(args.wait_idle)
     print(f"1-min load average before timing: {os.getloadavg()[0]:.2f} ({args.threads} threads)")
-    results = {}
-    for name in PATHS:
-        print(f"running {name} (warm-up + {args.repeats} x {len(studies)} volumes) ...", flush=True)
-        results[name] = spawn_worker(name, args)
+    print(f"timing: one warm-up volume per path, then {args.repeats} x {len(studies)} volumes each, interleaved",
+          flush=True)
+    results = run_timing(args, studies)
     out_dir = args.workdir / "outputs"
     figures = compare_outputs(studies, out_dir, args.image_tol)
     if not args.keep_outputs:
         shutil.rmtree(out_dir)
-    print_timing(results)
+    print_timing(results, args.threads)
     print_equality(figures)
     if args.stages:
         print_stages(args)
