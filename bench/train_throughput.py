@@ -109,6 +109,8 @@ def hjepa(args: argparse.Namespace) -> Workload:
     from strata.models.hjepa import HJEPA, HJEPAConfig
 
     raw = read_yaml(REPO / "config" / "full.yaml")["models"]["hjepa"]["ct"]["architecture"]
+    if args.input_size:  # the full 3 x 256 x 256 x 64 volume does not fit 24 GiB with explicit attention
+        raw = {**raw, "input_size": list(args.input_size)}
     config = from_dict(HJEPAConfig, raw, where="models.hjepa.ct.architecture")
     torch.manual_seed(0)
     model = HJEPA(config).train()
@@ -129,7 +131,7 @@ def hjepa(args: argparse.Namespace) -> Workload:
 
     context = int(masks.context.sum(dim=1).float().mean())
     return Workload(
-        description=(f"HJEPA, full CT config: input [{args.batch}, {config.in_channels}, "
+        description=(f"HJEPA, full CT config{' (input size overridden)' if args.input_size else ''}: input [{args.batch}, {config.in_channels}, "
                      f"{', '.join(map(str, config.input_size))}], {config.num_tokens} tokens, "
                      f"{sum(p.numel() for p in model.trainable_parameters()) / 1e6:.2f} M trainable parameters "
                      f"(+ EMA target encoder), {config.num_target_blocks} target blocks, "
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=2, help="timed steps per path per round")
     parser.add_argument("--matmul", type=int, default=2048, help="side of the square peak-FLOP/s matmul")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--input-size", type=int, nargs=3, default=None, metavar=("H", "W", "D"),
+                        help="hjepa only: override the full config's CT input size (memory-bound machines)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
