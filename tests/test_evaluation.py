@@ -188,7 +188,11 @@ def test_summary_picks_the_best_checkpoint_in_the_configured_direction():
                                    "hjepa": BestCheckpoint("probe_macro_f1", True)}).set_index("family")
     assert best.loc["posevae", "step"] == 2  # lower is better; tie -> the earlier step
     assert best.loc["hjepa", "step"] == 1
-    assert "| posevae | p | 2 |" in markdown(wide, best.reset_index())
+    md = markdown(wide, best.reset_index())
+    assert "| posevae | p | 2 | recon_mse |" in md  # the best-checkpoint table
+    posevae = md.split("### posevae / p")[1]
+    assert posevae.splitlines()[2] == "| step | recon_mse |" and "probe_macro_f1" not in posevae
+    assert "probe_macro_f1@L1" not in md.split("### hjepa / c")[1]  # per-level columns stay in the CSV
 
 
 # --------------------------------------------------------------------------- generators on tiny checkpoints

@@ -4,7 +4,8 @@
 metric of level ``all`` and, for per-level metrics, ``<metric>`` (mean over levels) plus
 ``<metric>@L<level>``. ``best_checkpoints.csv``: per (family, run) the step with the best
 value of the family's configured metric (``evaluation.best_checkpoint``; ties: the
-earliest step), its value and direction. ``metrics.md`` renders both tables.
+earliest step), its value and direction. ``metrics.md`` renders the best checkpoints and
+one table per run.
 """
 
 from __future__ import annotations
@@ -54,9 +55,14 @@ def best_checkpoints(wide: pd.DataFrame, rules: Mapping[str, BestCheckpoint]) ->
 
 
 def markdown(wide: pd.DataFrame, best: pd.DataFrame) -> str:
-    """Both tables as GitHub markdown (numbers with 4 significant digits)."""
-    return ("# Evaluation summary\n\n## Best checkpoint per run\n\n" + _md(best) +
-            "\n\n## All checkpoints\n\n" + _md(wide) + "\n")
+    """Best checkpoints, then one table per run with the metrics that run has (level means;
+    the per-level columns ``@L<level>`` stay in the parquet/CSV), 4 significant digits."""
+    parts = ["# Evaluation summary\n\n## Best checkpoint per run\n\n" + _md(best), "## All checkpoints"]
+    for (family, run), rows in wide.groupby(["family", "run"], sort=True):
+        columns = [c for c in rows.columns
+                   if c not in ("family", "run") and "@L" not in c and rows[c].notna().any()]
+        parts.append(f"### {family} / {run}\n\n" + _md(rows[columns]))
+    return "\n\n".join(parts) + "\n"
 
 
 def _md(frame: pd.DataFrame) -> str:
