@@ -25,7 +25,7 @@ tensor by tensor: image and region images (max abs difference, fraction of voxel
 ``--image-tol``), masks and region masks (fraction of differing voxels), presence flags
 and affine. The script exits non-zero if they differ beyond tolerance or the ratio
 ours/baseline of volumes/s is below ``--target``. The machine should be otherwise idle
-(``--wait-idle``); the load average and CPU/wall ratio are printed to show whether it was.
+(``--wait-idle``); the CPU time other processes used meanwhile is printed to show whether it was.
 
 The synthetic studies (project demo phantom, 512 x 512 in-plane, ~0.7 x 0.7 x 2.5 mm,
 ten NIfTI region masks each) are written once into ``--workdir`` and reused while the
@@ -308,7 +308,7 @@ def serve_worker(name: str, studies: list[BenchStudy], cfg: CTPreprocessConfig, 
         if command[2] == "1":
             save_outputs(tensors, out_dir / name / f"{study.study_id}.safetensors")
         del tensors
-        reply({"seconds": seconds, "cpu_seconds": cpu_seconds, "loadavg": os.getloadavg()[0]})
+        reply({"seconds": seconds, "cpu_seconds": cpu_seconds, "request_cpu_seconds": time.process_time() - cpu_start})
 
 
 class Laps:
@@ -449,8 +449,8 @@ def run_timing(args: argparse.Namespace, studies: list[BenchStudy]) -> dict[str,
     load from other processes fall on both paths alike.
     """
     workers = {name: PathWorker(name, args) for name in PATHS}
-    results: dict[str, dict[str, Any]] = {name: {"seconds": [], "cpu_seconds": [], "loadavg": [], "other_cpu_seconds": []}
-                                          for name in PATHS}
+    results: dict[str, dict[str, Any]] = {
+        name: {"seconds": [], "cpu_seconds": [], "other_cpu_seconds": []} for name in PATHS}
     try:
         for name in PATHS:
             results[name]["warmup_s"] = workers[name].ask("run 0 0")["seconds"]
@@ -460,10 +460,10 @@ def run_timing(args: argparse.Namespace, studies: list[BenchStudy]) -> dict[str,
                 for name in PATHS if step % 2 == 0 else PATHS[::-1]:
                     busy = busy_cpu_seconds()
                     r = workers[name].ask(f"run {index} {int(repeat == 0)}")
-                    # CPU time used by anything but the worker (other processes; the idle driver and the
-                    # worker's untimed output saving are small) while this volume was processed and saved
-                    r["other_cpu_seconds"] = max(busy_cpu_seconds() - busy - r["cpu_seconds"], 0.0)
-                    for key in ("seconds", "cpu_seconds", "loadavg", "other_cpu_seconds"):
+                    # CPU time used by anything but the worker (other processes, kernel threads; the
+                    # waiting driver uses next to none) while this volume was processed and saved
+                    r["other_cpu_seconds"] = max(busy_cpu_seconds() - busy - r["request_cpu_seconds"], 0.0)
+                    for key in ("seconds", "cpu_seconds", "other_cpu_seconds"):
                         results[name][key].append(r[key])
                     print(f"  pass {repeat + 1}, {study.study_id}, {name:<8}: {r['seconds']:6.1f} s, "
                           f"other processes {r['other_cpu_seconds']:5.1f} CPU s", flush=True)
@@ -483,13 +483,16 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for_idle(max_wait: float, threshold: float = 0.5) -> None:
-    """Wait up to ``max_wait`` s for the 1-min load average to drop below ``threshold``."""
-    deadline = time.monotonic() + max_wait
-    if os.getloadavg()[0] >= threshold and max_wait > 0:
-        print(f"waiting up to {max_wait:.0f} s for the 1-min load average to drop below {threshold} ...", flush=True)
-    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
-        time.sleep(5)
+def wait_for_idle(max_wait: float, window: float = 10.0, quiet_windows: int = 3) -> None:
+    """Wait up to ``max_wait`` s until the machine's CPU use stays below ``OTHERS_WARN`` for a while."""
+    deadline, quiet = time.monotonic() + max_wait, 0
+    if max_wait > 0:
+        print(f"waiting up to {max_wait:.0f} s for {quiet_windows * window:.0f} s of an idle machine ...", flush=True)
+    while quiet < quiet_windows and time.monotonic() < deadline:
+        busy = busy_cpu_seconds()
+        time.sleep(window)
+        share = (busy_cpu_seconds() - busy) / (window * os.cpu_count())
+        quiet = quiet + 1 if share < OTHERS_WARN else 0
 
 
 def compare_study(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], image_tol: float) -> dict[str, Any]:
@@ -612,8 +615,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=REPO / "config" / "full.yaml",
                         help="config whose preprocess.ct section is used (default config/full.yaml)")
     parser.add_argument("--wait-idle", type=float, default=0.0,
-                        help="wait up to this many seconds for the 1-min load average to drop below 0.5 "
-                             "before timing (default 0: start at once)")
+                        help="wait up to this many seconds for 30 s of an idle machine (CPU use below "
+                             f"{OTHERS_WARN:.0%}) before timing (default 0: start at once)")
     parser.add_argument("--stages", action="store_true", help="also time the stages of each path on one volume")
     parser.add_argument("--keep-outputs", action="store_true", help="keep both paths' output tensors in the workdir")
     parser.add_argument("--worker", choices=[*PATHS, "stages-ours", "stages-baseline", "generate"],
@@ -636,7 +639,6 @@ def main(argv: list[str] | None = None) -> int:
     spawn_worker("generate", args)  # in a child, so the phantoms' memory never inflates this process
     studies = find_studies(args.workdir, args.studies)
     wait_for_idle(args.wait_idle)
-    print(f"1-min load average before timing: {os.getloadavg()[0]:.2f} ({args.threads} threads)")
     print(f"timing: one warm-up volume per path, then {args.repeats} x {len(studies)} volumes each, interleaved",
           flush=True)
     results = run_timing(args, studies)
