@@ -110,7 +110,9 @@ def to_dict(obj: Any) -> Any:
     """The plain-data form of a config object (for params, meta.json and checkpoints)."""
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
@@ -118,7 +120,7 @@ def to_dict(obj: Any) -> Any:
 
 
 def config_sha256(obj: Any) -> str:
-    """Content hash of a config object (part of every cache key)."""
+    """Content hash of a config object or plain mapping (part of every cache key)."""
     return hashlib.sha256(json.dumps(to_dict(obj), sort_keys=True).encode()).hexdigest()
 
 

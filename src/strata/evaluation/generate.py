@@ -30,8 +30,6 @@ Another family (Reg2RG reports) plugs in by adding a function to :data:`GENERATO
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from strata.config import to_dict
+from strata.config import config_sha256
 from strata.evaluation.checkpoints import checkpoint_sha256, load_model
 from strata.evaluation.config import GenerationConfig
 from strata.evaluation.data import ct_volumes, model_input, pose_test_mask, pose_windows
@@ -84,8 +82,8 @@ class GenerateJob:
 def fingerprint(job: GenerateJob) -> str:
     manifest = job.cache_dir / job.data / "manifest.parquet"
     blob = {"weights": checkpoint_sha256(job.checkpoints, job.step), "data": sha256_files([manifest]),
-            "generation": to_dict(job.generation), "test": job.pose_test_sequences, "family": job.family}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+            "generation": job.generation, "test": job.pose_test_sequences, "family": job.family}
+    return config_sha256(blob)
 
 
 def _chunks(n: int, size: int) -> list[slice]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from strata.config import ModelRunConfig, to_dict
+from strata.config import ModelRunConfig, config_sha256, to_dict
 from strata.models.registry import FAMILIES, build_model
 from strata.training.checkpoint import run_meta
 from strata.training.datasets import CTVolumes, PoseWindows, data_hashes
@@ -51,8 +49,7 @@ def train_run(family: str, run: str, cfg: ModelRunConfig, seed: int, cache_dir: 
     model = build_model(family, cfg.architecture, where=f"models.{family}.{run}.architecture")
     config = {"family": family, "run": run, **to_dict(cfg)}
     hashes = data_hashes(manifests)
-    fingerprint = hashlib.sha256(json.dumps({"config": config, "seed": seed, "data": hashes},
-                                            sort_keys=True).encode()).hexdigest()
+    fingerprint = config_sha256({"config": config, "seed": seed, "data": hashes})
     device, _ = device_and_autocast(cfg.train.precision)
     spec = RunSpec(train=cfg.train, seed=seed, run_dir=run_dir, meta=run_meta(config, seed, hashes, device),
                    architecture=cfg.architecture, fingerprint=fingerprint)
