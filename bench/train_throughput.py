@@ -21,12 +21,20 @@ Timed passes alternate between the two attention paths (``--rounds`` rounds of
 ``--iters`` steps each, after one warm-up step per path), and the median step time of
 each path is reported, so drift in machine load hits both alike.
 
-New families plug in with :func:`register` (a builder returning a :class:`Workload`);
-``--model hjepa`` and ``--model posevae`` will be added that way.
+For ``--model posevae``: the VAE's training step (encode, reparameterised sample, decode,
+masked reconstruction + KL) at ``models.posevae.pose.architecture`` of ``config/full.yaml``
+on ``--frames`` frames (default 400) with ~2 % missing keypoints, and the encoder alone;
+the explicit path is the one that returns attention maps (``return_attention=True``).
+
+New families plug in with :func:`register` (a builder returning a :class:`Workload`).
+
+With ``--reference DIR`` (a local clone of amathislab/BehaveMAE) the reference
+``HBehaveMAE`` training step at the same config is timed in the same alternating rounds
+(SPEC 8: ours must not be slower).
 
 Run (from the repository root)::
 
-    .venv/bin/python bench/train_throughput.py --model hiera3d [--batch 8]
+    .venv/bin/python bench/train_throughput.py --model hiera3d [--batch 8] [--reference /tmp/BehaveMAE]
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,6 +63,7 @@ class Workload:
     description: str
     batch: int
     steps: dict[str, tuple[Callable[[], None], Callable[[], None]]]
+    reference: dict[str, Callable[[], None]] = field(default_factory=dict)  # case -> reference code's step
 
 
 BUILDERS: dict[str, Callable[[argparse.Namespace], Workload]] = {}
@@ -94,13 +103,75 @@ def hiera3d(args: argparse.Namespace) -> Workload:
             sum(s.float().pow(2).mean() for s in stages).backward()
         return run
 
+    reference = {}
+    if args.reference:
+        reference["training step (masked MAE)"] = reference_hbehavemae_step(args.reference, config, x)
     return Workload(
         description=(f"Hiera3DMAE, full pose config: input [{args.batch}, 1, 400, 1, 72], "
                      f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
                      f"mask ratio {config.mask_ratio:.2f} ({config.num_kept} of {config.num_units} units kept)"),
         batch=args.batch,
         steps={"training step (masked MAE)": (mae_step(False), mae_step(True)),
-               "unmasked encoder": (encoder_step(False), encoder_step(True))})
+               "unmasked encoder": (encoder_step(False), encoder_step(True))},
+        reference=reference)
+
+
+def reference_hbehavemae_step(checkout: Path, config: "Hiera3DConfig", x: torch.Tensor) -> Callable[[], None]:
+    """One forward + backward of the reference ``HBehaveMAE`` (amathislab/BehaveMAE) at ``config``.
+
+    ``checkout`` is a local clone of the reference repository; its model code is imported
+    from there, never copied. The model is built with the Shot7M2 arguments of its
+    ``scripts/shot7m2/train_hBehaveMAE.sh`` (the defaults of ``main_pretrain.py`` otherwise:
+    separate position embeddings, fp32), i.e. the same architecture as ``config``.
+    """
+    import sys
+    import types
+
+    try:
+        import timm.models.layers  # noqa: F401  the reference imports DropPath and Mlp from timm
+    except ImportError:
+        # timm needs torchvision, which has no wheel for this CPU torch here. The reference
+        # uses timm's Mlp (fc1 -> act -> fc2, dropout 0) and DropPath (rate 0: identity), so
+        # stand-ins with the same computation keep its timing honest.
+        class Mlp(torch.nn.Module):
+            def __init__(self, in_features: int, hidden_features: int, act_layer: type = torch.nn.GELU,
+                         out_features: int | None = None) -> None:
+                super().__init__()
+                self.fc1 = torch.nn.Linear(in_features, hidden_features)
+                self.act = act_layer()
+                self.fc2 = torch.nn.Linear(hidden_features, out_features or in_features)
+
+            def forward(self, h: torch.Tensor) -> torch.Tensor:
+                return self.fc2(self.act(self.fc1(h)))
+
+        layers = types.ModuleType("timm.models.layers")
+        layers.Mlp = Mlp
+        layers.DropPath = lambda rate: torch.nn.Identity()
+        for name in ("timm", "timm.models"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+        sys.modules["timm.models.layers"] = layers
+    sys.path.insert(0, str(checkout))
+    from models.hbehave_mae import HBehaveMAE  # the reference's package "models"
+
+    torch.manual_seed(0)
+    reference = HBehaveMAE(
+        in_chans=config.in_channels, embed_dim=config.embed_dim, num_heads=config.num_heads,
+        patch_kernel=config.patch_size, patch_stride=config.patch_size, patch_padding=(0, 0, 0),
+        input_size=config.input_size, stages=config.stages, q_strides=config.q_strides,
+        mask_unit_attn=config.mask_unit_attn, out_embed_dims=config.out_embed_dims,
+        mlp_ratio=config.mlp_ratio, decoding_strategy="single", decoder_embed_dim=config.decoder_embed_dim,
+        decoder_depth=config.decoder_depth, decoder_num_heads=config.decoder_num_heads,
+        norm_loss=config.norm_pix_loss, sep_pos_embed=True).train()
+    samples = x[:, 0]  # the reference adds the channel axis itself: [B, T, H, W]
+    unused = sum(p.numel() for p in reference.multi_scale_fusion_heads.parameters())
+    print(f"reference HBehaveMAE from {checkout}: {sum(p.numel() for p in reference.parameters()) / 1e6:.2f} M "
+          f"parameters, of which {unused / 1e6:.2f} M in multi-scale fusion heads unused by 'single' decoding")
+
+    def run() -> None:
+        reference.zero_grad(set_to_none=True)
+        loss = reference(samples, mask_ratio=config.mask_ratio)[0]
+        loss.backward()
+    return run
 
 
 @register("hjepa")
@@ -142,6 +213,45 @@ def hjepa(args: argparse.Namespace) -> Workload:
                "unmasked context encoder": (encoder_step(False), encoder_step(True))})
 
 
+@register("posevae")
+def posevae(args: argparse.Namespace) -> Workload:
+    from strata.config import read_yaml
+    from strata.models.registry import build_model
+
+    raw = read_yaml(REPO / "config" / "full.yaml")["models"]["posevae"]["pose"]["architecture"]
+    torch.manual_seed(0)
+    model = build_model("posevae", raw, where="models.posevae.pose.architecture").train()
+    frames = args.frames or 400
+    x = torch.randn(args.batch, frames, 1, model.config.features)
+    valid = torch.rand(x.shape) > 0.02  # a few missing keypoints, as in MABe22
+
+    def vae_step(explicit: bool) -> Callable[[], None]:
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(0)  # same reparameterisation noise and dropout on both paths
+            out = model(x, valid, return_attention=explicit)
+            loss, _ = model.forward_loss(x, valid, None, out)
+            loss.backward()
+        return run
+
+    def encoder_step(explicit: bool) -> Callable[[], None]:
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            post = model.encode(x, valid, return_attention=explicit)
+            (post.mu.pow(2).mean() + post.logvar.pow(2).mean()).backward()
+        return run
+
+    c = model.config
+    return Workload(
+        description=(f"PoseVAE, full pose config: input [{args.batch}, {frames}, 1, {c.features}], chunk "
+                     f"{c.chunk_len} ({-(-frames // c.chunk_len)} chunks), widths {c.local_dim}/{c.global_dim}, depths "
+                     f"{c.local_depth}+{c.global_depth}+{c.decoder_global_depth}+{c.decoder_local_depth}, "
+                     f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"),
+        batch=args.batch,
+        steps={"training step (encode, sample, decode, masked loss + KL)": (vae_step(False), vae_step(True)),
+               "encoder only": (encoder_step(False), encoder_step(True))})
+
+
 def flops_of(step: Callable[[], None]) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -160,19 +270,18 @@ def matmul_flops_per_second(n: int, seconds: float) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def time_paths(fused: Callable[[], None], explicit: Callable[[], None], rounds: int, iters: int
-               ) -> tuple[float, float]:
-    """Median seconds per step of each path, timed in alternating rounds."""
-    fused()
-    explicit()
-    times: dict[str, list[float]] = {"fused": [], "explicit": []}
+def time_paths(paths: dict[str, Callable[[], None]], rounds: int, iters: int) -> dict[str, float]:
+    """Median seconds per step of each named path, timed in alternating rounds."""
+    for step in paths.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
-        for name, step in (("fused", fused), ("explicit", explicit)):
+        for name, step in paths.items():
             for _ in range(iters):
                 start = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - start)
-    return statistics.median(times["fused"]), statistics.median(times["explicit"])
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,6 +292,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=2, help="timed steps per path per round")
     parser.add_argument("--matmul", type=int, default=2048, help="side of the square peak-FLOP/s matmul")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="hiera3d only: a local clone of amathislab/BehaveMAE to time its HBehaveMAE too")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="posevae only: frames per sequence (default 400, the full config's window)")
     parser.add_argument("--input-size", type=int, nargs=3, default=None, metavar=("H", "W", "D"),
                         help="hjepa only: override the full config's CT input size (memory-bound machines)")
     args = parser.parse_args(argv)
@@ -197,7 +310,11 @@ def main(argv: list[str] | None = None) -> None:
     for case, (fused, explicit) in workload.steps.items():
         flops_explicit = flops_of(explicit) / workload.batch
         flops_fused = flops_of(fused) / workload.batch
-        t_fused, t_explicit = time_paths(fused, explicit, args.rounds, args.iters)
+        paths = {"fused": fused, "explicit": explicit}
+        if case in workload.reference:
+            paths["reference"] = workload.reference[case]
+        times = time_paths(paths, args.rounds, args.iters)
+        t_fused, t_explicit = times["fused"], times["explicit"]
         rate_fused, rate_explicit = workload.batch / t_fused, workload.batch / t_explicit
         achieved = flops_explicit * rate_fused
         print(f"\n[{case}] forward + backward, batch {workload.batch}")
@@ -208,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  fused / explicit: {rate_fused / rate_explicit:.2f}x (target >= 1.3x)")
         print(f"  achieved (fused): {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f} % of the matmul peak "
               f"(target >= 40 %)")
+        if "reference" in times:
+            rate_reference = workload.batch / times["reference"]
+            print(f"  reference code:  {rate_reference:8.2f} samples/s ({times['reference'] * 1e3:.0f} ms/step)")
+            print(f"  ours (fused) / reference: {rate_fused / rate_reference:.2f}x (target >= 1.0x)")
 
 
 if __name__ == "__main__":
