@@ -91,8 +91,10 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train(model: TrainableModel, dataset: Dataset, spec: RunSpec) -> pd.DataFrame:
+def train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
+          collate_fn: Callable[[list[Batch]], Batch] | None = None) -> pd.DataFrame:
     """Train ``model`` on ``dataset`` as ``spec`` says; resumes from ``run_dir/resume``.
+    ``collate_fn`` batches items (default: stacking; variable-length items need their own).
 
     Returns the per-step log (also written to ``run_dir/train_log.parquet``).
     """
@@ -119,7 +121,7 @@ def train(model: TrainableModel, dataset: Dataset, spec: RunSpec) -> pd.DataFram
     # the loader draws its worker seed from its own generator, never from the global RNG
     # (that draw would shift the model's masking RNG on resume)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=True, pin_memory=device.type == "cuda",
+                        drop_last=True, pin_memory=device.type == "cuda", collate_fn=collate_fn,
                         generator=torch.Generator().manual_seed(spec.seed))
     model.train()
     progress = tqdm(total=cfg.total_steps, initial=start, desc=f"train {spec.run_dir}", unit="step")
