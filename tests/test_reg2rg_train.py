@@ -108,3 +108,69 @@ def test_demo_training_learns_and_uses_the_image(tmp_path, demo_inputs):
     assert last < first - 2.0
     assert trained < untrained - 2.0
     assert trained < blind - 1.0
+
+
+# A real SIGKILL at a fixed point: after the Trainer saved its resume checkpoint of epoch 2
+# (``on_save`` runs after the per-epoch DAG checkpoint and the Trainer checkpoint are written).
+_KILLED_RUN = """
+import os, signal, sys
+from transformers import TrainerCallback
+import strata.reg2rg.train as train
+
+class KillAfterEpoch(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if round(state.epoch) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build = train.build_training
+def build_with_kill(*args, **kwargs):
+    trainer, model, dataset = build(*args, **kwargs)
+    trainer.add_callback(KillAfterEpoch())
+    return trainer, model, dataset
+train.build_training = build_with_kill
+
+from strata.reg2rg.__main__ import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_killed_training_resumes_to_the_same_weights(tmp_path, fake_cache):
+    """SIGKILL after epoch 2 of 3, re-run: the run resumes from the Trainer checkpoint
+    (optimizer, scheduler, RNG) and ends with weights byte-identical to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from strata.config import to_dict
+
+    cfg = demo_config(train__epochs=3, train__grad_accum=2, train__warmup_steps=1)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"seed": 1234, "reg2rg": to_dict(cfg)}))
+
+    def run(out: str, script: list[str]) -> subprocess.CompletedProcess:
+        args = ["--config", str(config), "--tokenizer", str(fake_cache["root"] / "tokenizer"),
+                "--reports", str(fake_cache["reports"]), "--tokens", str(fake_cache["tokens"]),
+                "--out", str(tmp_path / out)]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        return subprocess.run([sys.executable, *script, *args], env=env, capture_output=True, text=True, timeout=600)
+
+    whole = run("whole", ["-m", "strata.reg2rg"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run("resumed", ["-c", _KILLED_RUN])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["1", "2"]
+    assert any(p.name.startswith("checkpoint-") for p in (tmp_path / "resumed" / "trainer").iterdir())
+    written = {e: (tmp_path / "resumed" / "checkpoints" / e / "model.safetensors").stat().st_mtime_ns for e in "12"}
+    resumed = run("resumed", ["-m", "strata.reg2rg"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for epoch, mtime in written.items():  # epochs 1 and 2 were not trained again
+        assert (tmp_path / "resumed" / "checkpoints" / epoch / "model.safetensors").stat().st_mtime_ns == mtime
+    # the step log is whole (epochs 1-2 restored from the Trainer state) and equal to the uninterrupted one
+    losses = [json.loads(r.stdout.strip().splitlines()[-1])["losses"] for r in (whole, resumed)]
+    assert losses[0] == losses[1] and len(losses[0]) == 3 * -(-len(fake_cache["ids"]) // 2)  # optimizer steps
+    for epoch in ("1", "2", "3"):
+        a = (tmp_path / "whole" / "checkpoints" / epoch / "model.safetensors").read_bytes()
+        b = (tmp_path / "resumed" / "checkpoints" / epoch / "model.safetensors").read_bytes()
+        assert a == b, f"epoch {epoch} weights differ after resume"
+    assert not (tmp_path / "resumed" / "trainer").exists()

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from safetensors.torch import load_file
 
 from strata.config import config_sha256, to_dict
 from strata.io.atomic import atomic_dir, save_tensors, write_parquet
@@ -69,6 +70,14 @@ class Reg2RGTrainer(Trainer):
             out = Path(output_dir or self.args.output_dir)
             out.mkdir(parents=True, exist_ok=True)
             save_tensors(model.trainable_state_dict(), out / WEIGHTS)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """Resume the trainable weights written by :meth:`_save` (the frozen LLM comes from its own source).
+
+        The stock loader would load them non-strictly and then trip over the missing frozen keys.
+        """
+        path = Path(resume_from_checkpoint) / WEIGHTS
+        self.accelerator.unwrap_model(model or self.model).load_trainable_state_dict(load_file(str(path)), str(path))
 
 
 class EpochCallback(TrainerCallback):

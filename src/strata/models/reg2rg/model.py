@@ -86,6 +86,20 @@ class Reg2RG(nn.Module):
         """The trainable weights only (what a checkpoint stores)."""
         return {name: p.detach().cpu().clone() for name, p in self.named_parameters() if p.requires_grad}
 
+    @torch.no_grad()
+    def load_trainable_state_dict(self, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
+        """Copy a :meth:`trainable_state_dict` back in; its keys must be exactly the trainable ones."""
+        trainable = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        missing, unexpected = sorted(set(trainable) - set(weights)), sorted(set(weights) - set(trainable))
+        if missing or unexpected:
+            raise ValueError(f"{source}: not this model's trainable weights (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+        for name, tensor in weights.items():
+            if tensor.shape != trainable[name].shape:
+                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, "
+                                 f"the model expects {tuple(trainable[name].shape)}")
+            trainable[name].copy_(tensor)
+
 
 # --------------------------------------------------------------------------- construction
 
