@@ -25,8 +25,8 @@ from typing import Any
 
 import pandas as pd
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
 from safetensors.torch import load_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from strata.config import config_sha256, to_dict
 from strata.io.atomic import atomic_dir, save_tensors, write_parquet
