@@ -162,3 +162,35 @@ def test_data_stages_are_byte_reproducible(demo_run, tmp_path_factory):
     first, second = data_stage_files(demo_run), data_stage_files(again)
     assert len(first) > 100 and sorted(first) == sorted(second)
     assert [k for k in first if first[k] != second[k]] == []
+
+
+# --------------------------------------------------------------------------- re-running single stages
+
+
+def test_forcerun_one_training_reruns_it_and_its_downstream_only(demo_run):
+    """``--forcerun train_posevae`` plans that training and what follows from its checkpoints:
+    the same jobs as a change of the pose VAE's own config, nothing upstream, no other model."""
+    plan = planned_jobs(demo_run, "--forcerun", "train_posevae")
+    assert upstream(plan) == {"train_posevae": 1}
+    cfg = override(demo_run, "posevae_lr", models__posevae__pose__train__optim__lr=1.0e-3)
+    assert plan == planned_jobs(demo_run, "--configfile", cfg)
+
+
+def _last_checkpoint_metrics(family: str, run: str) -> str:
+    step = CFG.models[family][run].train.checkpoint_steps()[-1]
+    return f"results/{family}/{run}/evaluate/{step}/metrics.parquet"
+
+
+def test_one_evaluation_target_builds_only_what_it_needs(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    plan = planned_jobs(workdir, _last_checkpoint_metrics("posevae", "pose"))
+    assert plan == {"demo_data_pose": 1, "preprocess_pose": 1, "train_posevae": 1, "generate": 1, "evaluate": 1}
+
+
+def test_one_evaluation_target_is_up_to_date_after_a_full_run(demo_run):
+    assert planned_jobs(demo_run, _last_checkpoint_metrics("hiera3d", "pose")) == {}
+
+
+def test_until_preprocess_ct_stops_there(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    assert planned_jobs(workdir, "--until", "preprocess_ct") == {"demo_data_ct": 1, "preprocess_ct": len(PLANS)}
