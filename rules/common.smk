@@ -2,6 +2,7 @@
 from strata.config import StrataConfig, from_dict
 from strata.ct.layout import demo_studies, discover_studies
 from strata.schema import check_data_paths
+from strata.reg2rg.split import held_out_studies, training_studies
 
 check_data_paths(config, source="config")
 CFG = from_dict(StrataConfig, config, where="config")
@@ -68,7 +69,7 @@ def final_targets():
         "results/cache/pose/manifest.parquet",
         *training_targets(),
         *reg2rg_targets(),
-        *evaluation_final_targets(config["models"]),
+        *evaluation_final_targets(config["models"], config.get("reg2rg")),
     ]
 
 
@@ -145,7 +146,10 @@ def reg2rg_train_inputs(wildcards):
     return {
         "tokenizer": "results/reg2rg/tokenizer",
         "reports": "results/cache/ct/reports.parquet",
-        "tokens": expand("results/reg2rg/tokens/{study}.safetensors", study=STUDY_IDS),
+        "tokens": expand(
+            "results/reg2rg/tokens/{study}.safetensors",
+            study=training_studies(STUDY_IDS, CFG.reg2rg.split),
+        ),
         "extra": extra,
     }
 

@@ -2,26 +2,41 @@
 # functions (the rules stay free of lambdas). Every path follows from config["models"]
 # and each run's checkpoint schedule (strata.evaluation.targets).
 from strata.ct.demo_plan import demo_plan, nodule_size_class
-from strata.evaluation.targets import evaluation_final_targets, model_checkpoints
+from dataclasses import asdict
+
+from strata.evaluation.targets import (
+    evaluation_final_targets,
+    model_checkpoints,
+    reg2rg_checkpoints,
+)
+
+
+def all_checkpoints():
+    """(family, run, step) of every scheduled checkpoint: config["models"] and Reg2RG."""
+    return model_checkpoints(
+        config.get("models", {}), reg2rg_checkpoints(config.get("reg2rg"))
+    )
+
+
+def evaluated(family):
+    """Run names of ``family`` that have generate / evaluate jobs."""
+    return sorted({r for f, r, _ in all_checkpoints() if f == family})
 
 
 def evaluated_families():
-    """Wildcard constraint: the model families of config["models"]."""
-    return "|".join(sorted(config.get("models", {}))) or "(?!)"
+    """Wildcard constraint: the model families of config["models"] and Reg2RG."""
+    return "|".join(sorted({f for f, _, _ in all_checkpoints()})) or "(?!)"
 
 
 def evaluated_runs():
     """Wildcard constraint: every configured run name (any family)."""
-    return (
-        "|".join(
-            sorted({r for f in config.get("models", {}) for r in config["models"][f]})
-        )
-        or "(?!)"
-    )
+    return "|".join(sorted({r for _, r, _ in all_checkpoints()})) or "(?!)"
 
 
 def run_data(wildcards):
     """Params function: ``pose`` or ``ct``, the cached features the run trained on."""
+    if wildcards.family == "reg2rg":
+        return "ct"
     return config["models"][wildcards.family][wildcards.run]["data"]
 
 
@@ -35,10 +50,32 @@ def cache_inputs(wildcards):
     return {"manifest": "results/cache/ct/manifest.parquet"}
 
 
+def reg2rg_held_out():
+    """Studies Reg2RG never trains on; its generate jobs write their reports."""
+    return held_out_studies(STUDY_IDS, CFG.reg2rg.split)
+
+
 def generate_inputs(wildcards):
-    return {
+    inputs = {
         "checkpoints": f"results/{wildcards.family}/{wildcards.run}/checkpoints",
         **cache_inputs(wildcards),
+    }
+    if wildcards.family == "reg2rg":
+        inputs["tokenizer"] = "results/reg2rg/tokenizer"
+        inputs["reports"] = "results/cache/ct/reports.parquet"
+        inputs["tokens"] = expand(
+            "results/reg2rg/tokens/{study}.safetensors", study=reg2rg_held_out()
+        )
+    return inputs
+
+
+def reg2rg_generation(wildcards):
+    """Params function: Reg2RG decoding settings and held-out studies (empty elsewhere)."""
+    if wildcards.family != "reg2rg":
+        return {}
+    return {
+        "decoding": config_subset("reg2rg", "generation"),
+        "studies": reg2rg_held_out(),
     }
 
 
@@ -66,8 +103,20 @@ def ct_findings():
 
 
 def evaluate_findings(wildcards):
-    """Params function: CT finding labels for CT runs, nothing for pose runs."""
+    """Params function: CT finding labels for CT embedding runs, nothing elsewhere."""
+    if wildcards.family == "reg2rg":
+        return {}
     return ct_findings() if run_data(wildcards) == "ct" else {}
+
+
+def evaluate_demo_findings(wildcards):
+    """Params function: Reg2RG on the demo: study -> the findings its sentences state."""
+    if wildcards.family != "reg2rg" or not CFG.data.demo:
+        return {}
+    return {
+        plan.study_id: asdict(plan.findings)
+        for plan in demo_plan(CFG.data.ct, CFG.demo.ct, CFG.seed)
+    }
 
 
 def evaluate_inputs(wildcards):
@@ -82,7 +131,7 @@ def evaluate_inputs(wildcards):
 def all_metrics():
     return [
         f"results/{family}/{run}/evaluate/{step}/metrics.parquet"
-        for family, run, step in model_checkpoints(config.get("models", {}))
+        for family, run, step in all_checkpoints()
     ]
 
 
@@ -90,7 +139,7 @@ def run_steps(wildcards):
     """Params function: the run's checkpoint steps."""
     return [
         s
-        for f, r, s in model_checkpoints(config["models"])
+        for f, r, s in all_checkpoints()
         if (f, r) == (wildcards.family, wildcards.run)
     ]
 

@@ -22,6 +22,7 @@ rule evaluate:
         data=run_data,
         probe=config_subset("evaluation", "probe"),
         ct_findings=evaluate_findings,
+        demo_findings=evaluate_demo_findings,
     script:
         "../workflow_scripts/evaluate.py"
 

@@ -1,5 +1,6 @@
 # Figures (SPEC stage 7), one job per run, collected in the HTML report
-# (snakemake --report report.html): rollout overlays, loss and metric curves, pose VAE samples.
+# (snakemake --report report.html): rollout overlays, loss and metric curves, pose VAE samples,
+# Reg2RG sample reports.
 # Helpers: rules/common_outputs.smk.
 
 
@@ -89,3 +90,32 @@ rule figures_posevae:
         pose_test_sequences=config["evaluation"]["probe"]["pose_test_sequences"],
     script:
         "../workflow_scripts/figures_posevae.py"
+
+
+rule figures_reg2rg:
+    input:
+        generated=run_generated,
+        metrics=run_metrics,
+        manifest="results/cache/ct/manifest.parquet",
+    output:
+        reports=report(
+            "results/figures/{family}/{run}/reports.png",
+            caption="../report/reg2rg_reports.rst",
+            category="Reg2RG",
+            subcategory="generated reports",
+            labels={"model": "{family}", "run": "{run}", "figure": "reports"},
+        ),
+    log:
+        "results/logs/figures_reg2rg/{family}/{run}.log",
+    benchmark:
+        "results/benchmarks/figures_reg2rg/{family}/{run}.tsv"
+    wildcard_constraints:
+        family="reg2rg",
+        run=evaluated_runs(),
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    params:
+        best=best_rule,
+    script:
+        "../workflow_scripts/figures_reg2rg.py"

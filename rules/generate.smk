@@ -25,4 +25,5 @@ rule generate:
         generation=generation_params,
         pose_test_sequences=config["evaluation"]["probe"]["pose_test_sequences"],
     script:
+        reg2rg=reg2rg_generation,
         "../workflow_scripts/generate.py"

@@ -35,6 +35,8 @@ from strata.evaluation.targets import evaluate_targets, figure_targets, model_ch
 from strata.io.atomic import save_tensors, write_parquet
 from strata.models.registry import build_model
 
+pytest_plugins = ["test_reg2rg_support"]  # the fake_cache fixture (tiny Reg2RG token cache)
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = read_yaml(REPO / "config" / "config.yaml")
 ALPHAS = (0.1, 1.0, 10.0, 100.0)
@@ -190,8 +192,9 @@ def test_summary_picks_the_best_checkpoint_in_the_configured_direction():
     assert best.loc["hjepa", "step"] == 1
     md = markdown(wide, best.reset_index())
     assert "| posevae | p | 2 | recon_mse |" in md  # the best-checkpoint table
-    posevae = md.split("### posevae / p")[1]
-    assert posevae.splitlines()[2] == "| step | recon_mse |" and "probe_macro_f1" not in posevae
+    posevae = md.split("### posevae / p")[1].split("###")[0]
+    assert posevae.splitlines()[2] == "| metric | step 1 | step 2 | step 3 |"  # one column per checkpoint
+    assert "| recon_mse | 0.5 | 0.2 | 0.2 |" in posevae and "probe_macro_f1" not in posevae
     assert "probe_macro_f1@L1" not in md.split("### hjepa / c")[1]  # per-level columns stay in the CSV
 
 
@@ -268,3 +271,108 @@ def test_ct_embeddings_and_leave_one_out_probes(tmp_path):
     assert (card == 1.0).all()  # intensity separates the classes at every level
     no_labels = evaluate(EvaluateJob("hiera3d", "ct", 1, "ct", job.output, cache, PROBE, None))
     assert set(no_labels["metric"]) == {"embedding_std"}
+
+
+# --------------------------------------------------------------------------- Reg2RG reports
+
+
+def reg2rg_job(tmp: Path, fake_cache: dict, studies: list[str], batch_size: int = 1) -> GenerateJob:
+    """A generate job over a Reg2RG checkpoint written as training writes it (untrained weights)."""
+    import dataclasses
+
+    from strata.config import to_dict
+    from strata.evaluation.reg2rg import Reg2RGSources
+    from strata.models.reg2rg import build_reg2rg
+    from strata.reg2rg.train import write_checkpoint as write_reg2rg_checkpoint
+
+    cfg = fake_cache["cfg"]
+    folder = tmp / "checkpoints"
+    if not (folder / "1").is_dir():
+        model = build_reg2rg(cfg, fake_cache["layout"], 1234, with_encoders=False)
+        write_reg2rg_checkpoint(folder / "1", model, {"config": to_dict(cfg), "seed": 1234, "epoch": 1})
+    decoding = dataclasses.replace(cfg.generation, max_new_tokens=12, batch_size=batch_size)
+    return GenerateJob(family="reg2rg", data="ct", checkpoints=folder, step=1, cache_dir=fake_cache["root"],
+                       output=tmp / "generate" / "1" / "outputs.parquet", work_dir=tmp / "generate" / ".work-1",
+                       generation=GENERATION, pose_test_sequences=2,
+                       reg2rg=Reg2RGSources(fake_cache["root"] / "tokenizer", fake_cache["tokens"],
+                                            fake_cache["reports"], tuple(studies), decoding))
+
+
+def test_reg2rg_reports_resume_and_record_the_decoding(tmp_path, fake_cache, monkeypatch):
+    import json
+
+    import strata.evaluation.reg2rg as module
+
+    (fake_cache["root"] / "ct").mkdir(exist_ok=True)  # the fingerprint hashes the CT manifest
+    write_parquet(pd.DataFrame({"study_id": fake_cache["ids"]}), fake_cache["root"] / "ct" / "manifest.parquet")
+    calls = []
+    real = module.generate_reports
+
+    def counting(model, dataset, cfg, **kwargs):
+        calls.append(list(dataset.study_ids))
+        return real(model, dataset, cfg, **kwargs)
+
+    monkeypatch.setattr(module, "generate_reports", counting)
+    job = reg2rg_job(tmp_path, fake_cache, fake_cache["ids"])
+    full = generate(job)
+    assert calls == [[s] for s in fake_cache["ids"]]  # one part per study (batch_size 1)
+    whole = full[full["region"] == ""]
+    assert whole["study_id"].tolist() == fake_cache["ids"]
+    references = pd.read_parquet(fake_cache["reports"])
+    lung = references[(references["study_id"] == fake_cache["ids"][1]) & (references["region"] == "lung")]
+    row = full[(full["study_id"] == fake_cache["ids"][1]) & (full["region"] == "lung")]
+    assert row["reference"].item() == lung["sentence"].item()
+    assert "thyroid" not in set(full.loc[full["study_id"] == fake_cache["ids"][0], "region"])  # absent region
+    decoding = json.loads(full["decoding"].iloc[0])
+    assert decoding["max_new_tokens"] == 12 and decoding["num_beams"] == 1 and not decoding["do_sample"]
+    assert decoding["mode"] == "study" and full["raw"].iloc[0]
+    # A killed job left part 1 behind: the re-run keeps it and decodes only the other studies.
+    calls.clear()
+    parts = ChunkedParquet(job.work_dir, fingerprint(job))
+    sentinel = full[full["study_id"] == fake_cache["ids"][1]].assign(generated="SENTINEL")
+    write_parquet(sentinel, parts.part(1))
+    again = generate(job)
+    assert calls == [[fake_cache["ids"][0]], [fake_cache["ids"][2]]]
+    assert (again.loc[again["study_id"] == fake_cache["ids"][1], "generated"] == "SENTINEL").all()
+    others = again["study_id"] != fake_cache["ids"][1]
+    pd.testing.assert_frame_equal(again[others].reset_index(drop=True),
+                                  full[full["study_id"] != fake_cache["ids"][1]].reset_index(drop=True))
+    # other decoding settings are another fingerprint: stale parts are dropped, not mixed in
+    longer = reg2rg_job(tmp_path, fake_cache, fake_cache["ids"][:1])
+    assert fingerprint(longer) != fingerprint(job)
+
+
+def test_reg2rg_evaluation_scores_reports_regions_and_findings(tmp_path):
+    from strata.ct.demo_plan import DemoFindings, region_sentences
+    from strata.ct.regions import REGIONS
+    from strata.evaluation.reg2rg import COLUMNS
+
+    truths = {"s1": DemoFindings(12, "left", True, "none"), "s2": DemoFindings(0, "left", False, "right")}
+    rows = []
+    for study, truth in truths.items():
+        reference = region_sentences(truth, REGIONS)
+        generated = dict(reference) if study == "s1" else {"lung": "A small 9 mm nodule is seen in the left lung.",
+                                                          "heart": "Heart size is normal."}
+        rows.append((study, "", " ".join(generated[r] for r in REGIONS if r in generated),
+                     " ".join(reference.values()), "", "{}"))
+        rows += [(study, r, generated.get(r, ""), reference[r], "", "{}") for r in REGIONS]
+    path = tmp_path / "outputs.parquet"
+    write_parquet(pd.DataFrame(rows, columns=list(COLUMNS)), path)
+    metrics = evaluate(EvaluateJob("reg2rg", "demo", 3, "ct", path, tmp_path, PROBE, None, demo_findings=truths))
+    value = metrics.set_index("metric")["value"]
+    assert set(metrics["level"]) == {"all"}
+    for name in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l"):
+        assert 0 < value[name] < 1 and 0 < value[f"{name}_corpus"] < 1
+    for name in ("bleu1", "bleu4", "rouge_l"):  # s1 and s2 state the heart exactly as the reference
+        assert value[f"region/heart/{name}"] == pytest.approx(1.0)
+        assert value[f"region/heart/{name}_corpus"] == pytest.approx(1.0)
+    assert value["region/heart/meteor"] > 0.9
+    # s1 exact, s2 has no pleura text: per-sample mean (1 + 0) / 2; corpus: LCS 8 of 8 generated
+    # and 16 reference tokens -> P 1, R 1/2, F1 2/3
+    assert value["region/pleura/rouge_l"] == pytest.approx(0.5)
+    assert value["region/abdomen/rouge_l_corpus"] == pytest.approx(2 / 3)
+    assert value["n_studies"] == 2
+    # findings: s1 all right; s2 nodule stated (wrong), heart right, effusion unreadable (wrong)
+    assert value["finding_accuracy/nodule_presence"] == 0.5
+    assert value["finding_accuracy/nodule_side"] == 1.0  # only s1 has a nodule
+    assert value["finding_accuracy/cardiomegaly"] == 1.0 and value["finding_accuracy/effusion"] == 0.5

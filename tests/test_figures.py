@@ -11,13 +11,17 @@ from test_evaluation import TINY_CT_HIERA, pose_architecture
 from strata.figures.ct import ct_rollout_figure, planes
 from strata.figures.curves import loss_figure, metric_figure, smooth
 from strata.figures.pose import pose_rollout_figure, reconstruction_figure, samples_figure
+from strata.figures.reports import matched_words, reports_figure
 from strata.figures.rollout_maps import (
     hiera3d_rollout,
     hjepa_rollout,
     posevae_rollout,
+    reg2rg_rollout,
     upsample_grid,
 )
+from strata.figures.runs import split_corpus_metrics
 from strata.models.registry import build_model
+from strata.rollout import rollout
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -84,3 +88,50 @@ def test_figure_writers_produce_pngs(tmp_path):
 
 def test_smooth_is_a_trailing_mean():
     assert smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist() == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_reg2rg_vit_rollout_is_the_plain_spatial_rollout_over_its_blocks():
+    from test_reg2rg_support import demo_config
+
+    from strata.models.reg2rg import build_encoders
+
+    vit = build_encoders(demo_config().encoder, 1234).vit
+    x = torch.rand(1, 1, 64, 64, 32)
+    result = reg2rg_rollout(vit, x)
+    _, attentions = vit(x, return_attention=True)
+    assert len(attentions) == vit.cfg.depth
+    torch.testing.assert_close(result.matrix, rollout(attentions)[0])
+    assert result.matrix.shape == (32, 32)  # 2 x 2 x 8 patch tokens, no CLS token
+    assert result.relevance.shape == (64, 64, 32)
+    # every voxel of a 32 x 32 x 4 patch carries its token's relevance
+    assert torch.equal(result.relevance[:32, :32, :4], result.relevance[0, 0, 0].expand(32, 32, 4))
+
+
+def test_matched_words_follow_the_lcs_with_the_reference():
+    words = matched_words("A small 12 mm nodule is seen in the right lung.",
+                          "A large 28 mm nodule is seen in the left lung.")
+    assert [w for w, ok in words if not ok] == ["small", "12", "right"]
+    assert matched_words("", "anything") == []
+    assert matched_words("Heart size is normal.", "The heart is enlarged.") == [
+        ("Heart", True), ("size", False), ("is", True), ("normal.", False)]  # "normal." needs both tokens
+
+
+def test_reports_figure_and_report_metric_curves(tmp_path):
+    table = pd.DataFrame([
+        ("s1", "", "The heart is enlarged.", "Heart size is normal.", "", "{}"),
+        ("s1", "heart", "The heart is enlarged.", "Heart size is normal.", "", "{}"),
+        ("s1", "lung", "", "No pulmonary nodule is seen. The lung parenchyma is clear.", "", "{}"),
+        ("s1", "trachea and bronchie", "The trachea and main bronchi are patent.",
+         "The trachea and main bronchi are patent.", "", "{}"),
+    ], columns=["study_id", "region", "generated", "reference", "raw", "decoding"])
+    reports_figure(table, ["s1"], "reports", tmp_path / "reports.png")
+    assert is_png(tmp_path / "reports.png")
+    long = pd.DataFrame({"step": [1, 1, 1, 2, 2, 2], "level": "all",
+                         "metric": ["bleu1", "bleu1_corpus", "finding_accuracy"] * 2,
+                         "value": [0.1, 0.2, 0.5, 0.3, 0.4, 0.6]})
+    split = split_corpus_metrics(long)
+    assert sorted(set(split["metric"])) == ["bleu1", "finding_accuracy"]
+    assert split.loc[split["metric"] == "bleu1", "level"].tolist() == ["per-sample mean", "corpus"] * 2
+    assert split.loc[split["metric"] == "finding_accuracy", "level"].tolist() == ["all", "all"]
+    metric_figure(split, ["bleu1", "finding_accuracy"], 2, "reg2rg", tmp_path / "curves.png")
+    assert is_png(tmp_path / "curves.png")

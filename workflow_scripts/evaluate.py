@@ -5,6 +5,7 @@ from pathlib import Path
 from strata.config import from_dict
 from strata.evaluation.config import ProbeConfig
 from strata.evaluation.evaluate import EvaluateJob, evaluate
+from strata.evaluation.reg2rg import demo_findings
 from strata.io.atomic import write_parquet
 from strata.logging_setup import snakemake_logging
 
@@ -21,6 +22,7 @@ with snakemake_logging(snakemake.log[0]) as log:
         cache_dir=Path(snakemake.input.manifest).parent.parent,
         probe=from_dict(ProbeConfig, dict(snakemake.params.probe), where="evaluation.probe"),
         ct_findings={k: dict(v) for k, v in findings.items()} if findings else None,
+        demo_findings=demo_findings(snakemake.params.demo_findings),
     )
     metrics = evaluate(job)
     log.info("%d metrics for %s/%s step %d", len(metrics), job.family, job.run, job.step)

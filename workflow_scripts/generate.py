@@ -7,9 +7,23 @@ import torch
 from strata.config import from_dict
 from strata.evaluation.config import GenerationConfig
 from strata.evaluation.generate import GenerateJob, generate
+from strata.evaluation.reg2rg import Reg2RGSources
 from strata.logging_setup import snakemake_logging
+from strata.reg2rg.config import GenerationConfig as Reg2RGGeneration
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
+
+
+def reg2rg_sources(smk) -> Reg2RGSources:
+    params = smk.params.reg2rg
+    return Reg2RGSources(
+        tokenizer_dir=Path(smk.input.tokenizer),
+        token_dir=Path(smk.input.tokens[0]).parent,
+        reports=Path(smk.input.reports),
+        study_ids=tuple(params["studies"]),
+        generation=from_dict(Reg2RGGeneration, dict(params["decoding"]), where="reg2rg.generation"),
+    )
+
 
 with snakemake_logging(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
@@ -25,6 +39,7 @@ with snakemake_logging(snakemake.log[0]) as log:
         work_dir=output.parent.parent / f".work-{step}",  # survives a killed job (not an output)
         generation=from_dict(GenerationConfig, dict(snakemake.params.generation), where="evaluation.generation"),
         pose_test_sequences=int(snakemake.params.pose_test_sequences),
+        reg2rg=reg2rg_sources(snakemake) if snakemake.wildcards.family == "reg2rg" else None,
     )
     log.info("generate %s/%s step %d", job.family, snakemake.wildcards.run, step)
     generate(job)

@@ -22,7 +22,8 @@ over studies (``probe.ct_split``);
 the unsuffixed ``probe_accuracy`` / ``probe_macro_f1`` average the findings. CT probes
 need finding labels (the demo plan); without them only ``embedding_std`` is written.
 Pose VAE (level ``all``, held-out windows): ``recon_mse``, ``kl``, ``active_units``
-(:mod:`strata.evaluation.posevae`).
+(:mod:`strata.evaluation.posevae`). Reg2RG (level ``all``): report metrics and, on the
+demo, finding-level accuracy (:mod:`strata.evaluation.reg2rg`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ import torch
 
 from strata.evaluation.config import ProbeConfig
 from strata.evaluation.data import held_out_sequences, pose_windows
+from strata.ct.demo_plan import DemoFindings
 from strata.evaluation.posevae import vae_metrics
+from strata.evaluation.reg2rg import reg2rg_metrics
 from strata.evaluation.probes import (
     ProbeResult,
     cross_validated_probe,
@@ -64,6 +67,7 @@ class EvaluateJob:
         cache_dir: ``results/cache``.
         probe: probe protocol and split.
         ct_findings: study id -> finding name -> class label (None: no CT labels).
+        demo_findings: Reg2RG on the demo: study id -> the stated findings (None elsewhere).
     """
 
     family: str
@@ -74,6 +78,7 @@ class EvaluateJob:
     cache_dir: Path
     probe: ProbeConfig
     ct_findings: Mapping[str, Mapping[str, str]] | None
+    demo_findings: Mapping[str, DemoFindings] | None = None
 
 
 def probe_metrics(result: ProbeResult, suffix: str = "") -> dict[str, float]:
@@ -135,11 +140,12 @@ def posevae_metrics(job: EvaluateJob) -> dict[str, dict[str, float]]:
     return {"all": metrics}
 
 
-#: family -> its metrics (level -> metric -> value); Reg2RG adds its report metrics here
+#: family -> its metrics (level -> metric -> value)
 EVALUATORS: dict[str, Callable[[EvaluateJob], dict[str, dict[str, float]]]] = {
     "hiera3d": embedding_metrics,
     "hjepa": embedding_metrics,
     "posevae": posevae_metrics,
+    "reg2rg": reg2rg_metrics,
 }
 
 

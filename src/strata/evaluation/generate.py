@@ -23,9 +23,13 @@ interpolation), ``sample_id``, ``window_id`` (-1 unless a cached window), ``sequ
 ``features``, ``latent_dim`` (Z; 0 when no posterior), ``pose`` (list<float32>, T*F row-major), ``mu`` and ``logvar``
 (list<float32>, N*Z, reconstructions only; empty otherwise).
 
+Reg2RG (:mod:`strata.evaluation.reg2rg`): one row per (held-out study, region or whole
+report) with generated and reference text and the decoding settings.
+
 Chunks of ``batch_size`` samples go to part files in ``work_dir`` (not a declared output;
 :class:`~strata.evaluation.parts.ChunkedParquet`), so a killed job resumes where it stopped.
-Another family (Reg2RG reports) plugs in by adding a function to :data:`GENERATORS`.
+A family plugs in by adding a function to :data:`GENERATORS` (and, when its checkpoints
+are not rebuilt by :func:`~strata.evaluation.checkpoints.load_model`, to :data:`LOADERS`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,6 +51,7 @@ from strata.evaluation.data import ct_volumes, model_input, pose_test_mask, pose
 from strata.evaluation.embeddings import frame_embeddings, level_grids, volume_embeddings
 from strata.evaluation.parts import ChunkedParquet
 from strata.evaluation.posevae import prior_and_interpolation, reconstructions
+from strata.evaluation.reg2rg import Reg2RGSources, load_for_generation, reg2rg_reports
 from strata.io.atomic import sha256_files
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,8 @@ class GenerateJob:
         work_dir: part files until the merge (not a Snakemake output).
         generation: sizes and seeds.
         pose_test_sequences: held-out sequences (pose VAE interpolation ends).
+        reg2rg: Reg2RG jobs only: tokenizer, token cache, references, held-out studies and
+            decoding settings.
     """
 
     family: str
@@ -77,12 +84,18 @@ class GenerateJob:
     work_dir: Path
     generation: GenerationConfig
     pose_test_sequences: int
+    reg2rg: Reg2RGSources | None = None
 
 
 def fingerprint(job: GenerateJob) -> str:
     manifest = job.cache_dir / job.data / "manifest.parquet"
     blob = {"weights": checkpoint_sha256(job.checkpoints, job.step), "data": sha256_files([manifest]),
             "generation": job.generation, "test": job.pose_test_sequences, "family": job.family}
+    if job.reg2rg is not None:
+        src = job.reg2rg
+        blob["reg2rg"] = {"sources": src, "reports": sha256_files([src.reports]),
+                          "tokenizer": sha256_files(sorted(p for p in src.tokenizer_dir.rglob("*") if p.is_file())),
+                          "tokens": sha256_files([src.token_dir / f"{s}.safetensors" for s in src.study_ids])}
     return config_sha256(blob)
 
 
@@ -158,19 +171,28 @@ def embeddings(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParquet) 
     return (pose_embeddings if job.data == "pose" else ct_embeddings)(job, model, parts)
 
 
-#: family -> writer of its part files (returns the number of parts)
-GENERATORS: dict[str, Callable[[GenerateJob, torch.nn.Module, ChunkedParquet], int]] = {
+#: family -> writer of its part files, given the loaded model (returns the number of parts)
+GENERATORS: dict[str, Callable[[GenerateJob, Any, ChunkedParquet], int]] = {
     "hiera3d": embeddings,
     "hjepa": embeddings,
     "posevae": posevae_outputs,
+    "reg2rg": reg2rg_reports,
 }
+
+
+def load_checkpoint_model(job: GenerateJob) -> torch.nn.Module:
+    return load_model(job.family, job.checkpoints, job.step)
+
+
+#: family -> loader of the job's checkpoint (default: :func:`load_checkpoint_model`)
+LOADERS: dict[str, Callable[[GenerateJob], Any]] = {"reg2rg": load_for_generation}
 
 
 def generate(job: GenerateJob) -> pd.DataFrame:
     """Run ``job``: write missing part files, then merge them into ``job.output``."""
     if job.family not in GENERATORS:
         raise ValueError(f"no generator for model family {job.family!r} (known: {sorted(GENERATORS)})")
-    model = load_model(job.family, job.checkpoints, job.step)
+    model = LOADERS.get(job.family, load_checkpoint_model)(job)
     parts = ChunkedParquet(job.work_dir, fingerprint(job))
     if parts.written():
         log.info("resuming: %d part files of an earlier attempt are kept", parts.written())

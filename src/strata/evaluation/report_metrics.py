@@ -27,10 +27,12 @@ from the hypothesis counts as an empty text).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,26 +82,38 @@ def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[list[
     return per_sample, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-def meteor(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[list[float], float]:
-    """Per-sample METEOR 1.5 scores and the aggregate score (Java jar of pycocoevalcap)."""
+@contextlib.contextmanager
+def meteor_scorer() -> Iterator[Any]:
+    """One METEOR Java process for several :func:`meteor` calls (starting the jar and
+    loading its paraphrase table takes seconds; the process is stopped on exit)."""
     if shutil.which("java") is None:
         raise RuntimeError("METEOR needs `java` on PATH (it runs the METEOR 1.5 jar shipped with pycocoevalcap)")
     from pycocoevalcap.meteor.meteor import Meteor
 
     scorer = Meteor()
     try:
-        # The jar reads one line per segment: tokens joined by spaces, newlines removed.
-        gts = {i: [" ".join(tokenize(r))] for i, r in enumerate(references)}
-        res = {i: [" ".join(tokenize(h)) or "."] for i, h in enumerate(hypotheses)}
-        corpus, per_sample = scorer.compute_score(gts, res)
+        yield scorer
     finally:
         del scorer  # its __del__ stops the Java process
+
+
+def meteor(hypotheses: Sequence[str], references: Sequence[str], scorer: Any = None) -> tuple[list[float], float]:
+    """Per-sample METEOR 1.5 scores and the aggregate score (Java jar of pycocoevalcap);
+    ``scorer`` from :func:`meteor_scorer` reuses a running jar."""
+    if scorer is None:
+        with meteor_scorer() as own:
+            return meteor(hypotheses, references, own)
+    # The jar reads one line per segment: tokens joined by spaces, newlines removed.
+    gts = {i: [" ".join(tokenize(r))] for i, r in enumerate(references)}
+    res = {i: [" ".join(tokenize(h)) or "."] for i, h in enumerate(hypotheses)}
+    corpus, per_sample = scorer.compute_score(gts, res)
     return [float(s) for s in per_sample], float(corpus)
 
 
 def scores(hypotheses: Sequence[str], references: Sequence[str], scope: str = "report",
-           with_meteor: bool = True) -> pd.DataFrame:
-    """Every metric of aligned ``hypotheses`` and ``references`` (rows of :data:`COLUMNS`)."""
+           with_meteor: bool = True, scorer: Any = None) -> pd.DataFrame:
+    """Every metric of aligned ``hypotheses`` and ``references`` (rows of :data:`COLUMNS`);
+    ``scorer``: a running METEOR jar (:func:`meteor_scorer`), else one is started."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not references:
@@ -107,18 +121,21 @@ def scores(hypotheses: Sequence[str], references: Sequence[str], scope: str = "r
     hyp_tokens, ref_tokens = [tokenize(h) for h in hypotheses], [tokenize(r) for r in references]
     results = {f"bleu{n}": bleu(hyp_tokens, ref_tokens, n) for n in range(1, 5)}
     if with_meteor:
-        results["meteor"] = meteor(hypotheses, references)
+        results["meteor"] = meteor(hypotheses, references, scorer)
     results["rouge_l"] = rouge_l(hypotheses, references)
     return pd.DataFrame([(scope, name, float(np.mean(per)), corpus, len(references))
                          for name, (per, corpus) in results.items()], columns=list(COLUMNS))
 
 
 def region_scores(hypotheses: Sequence[Mapping[str, str]], references: Sequence[Mapping[str, str]],
-                  regions: Sequence[str], with_meteor: bool = True) -> pd.DataFrame:
+                  regions: Sequence[str], with_meteor: bool = True, scorer: Any = None) -> pd.DataFrame:
     """Per-region metrics: for each region, the samples whose reference states it."""
+    if with_meteor and scorer is None:
+        with meteor_scorer() as own:
+            return region_scores(hypotheses, references, regions, with_meteor, own)
     frames = []
     for region in regions:
         pairs = [(h.get(region, ""), r[region]) for h, r in zip(hypotheses, references) if r.get(region)]
         if pairs:
-            frames.append(scores([h for h, _ in pairs], [r for _, r in pairs], region, with_meteor))
+            frames.append(scores([h for h, _ in pairs], [r for _, r in pairs], region, with_meteor, scorer))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))

@@ -5,7 +5,7 @@ metric of level ``all`` and, for per-level metrics, ``<metric>`` (mean over leve
 ``<metric>@L<level>``. ``best_checkpoints.csv``: per (family, run) the step with the best
 value of the family's configured metric (``evaluation.best_checkpoint``; ties: the
 earliest step), its value and direction. ``metrics.md`` renders the best checkpoints and
-one table per run.
+one table per run (metrics as rows, checkpoints as columns).
 """
 
 from __future__ import annotations
@@ -55,14 +55,22 @@ def best_checkpoints(wide: pd.DataFrame, rules: Mapping[str, BestCheckpoint]) ->
 
 
 def markdown(wide: pd.DataFrame, best: pd.DataFrame) -> str:
-    """Best checkpoints, then one table per run with the metrics that run has (level means;
-    the per-level columns ``@L<level>`` stay in the parquet/CSV), 4 significant digits."""
+    """Best checkpoints, then one table per run: a row per metric that run has, a column per
+    checkpoint step (so a run with many metrics stays narrow), 4 significant digits. Level
+    means only; the per-level (``@L<level>``) and per-region (``region/<region>/...``)
+    breakdowns stay in the parquet/CSV."""
     parts = ["# Evaluation summary\n\n## Best checkpoint per run\n\n" + _md(best), "## All checkpoints"]
     for (family, run), rows in wide.groupby(["family", "run"], sort=True):
-        columns = [c for c in rows.columns
-                   if c not in ("family", "run") and "@L" not in c and rows[c].notna().any()]
-        parts.append(f"### {family} / {run}\n\n" + _md(rows[columns]))
+        columns = [c for c in rows.columns if c not in KEYS and not _breakdown(c) and rows[c].notna().any()]
+        table = rows.set_index("step")[columns].T
+        table.columns = [f"step {step}" for step in table.columns]
+        table = table.rename_axis("metric").reset_index()
+        parts.append(f"### {family} / {run}\n\n" + _md(table))
     return "\n\n".join(parts) + "\n"
+
+
+def _breakdown(column: str) -> bool:
+    return "@L" in column or column.startswith("region/")
 
 
 def _md(frame: pd.DataFrame) -> str:

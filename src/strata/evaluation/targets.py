@@ -3,8 +3,8 @@
 Pure Python (no torch): the Snakefile imports it. Checkpoint steps follow from each run's
 ``train`` section (:meth:`strata.training.config.TrainConfig.checkpoint_steps`), so the DAG
 lists one generate and one evaluate job per (family, run, step) before training runs.
-Families other than the configured ``models:`` (Reg2RG) add their runs through
-:func:`model_checkpoints`' ``extra`` argument.
+Reg2RG, configured in its own top-level section, adds its per-epoch checkpoints
+(:func:`reg2rg_checkpoints`) through :func:`model_checkpoints`' ``extra`` argument.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ SUMMARY = ("results/summary/metrics.parquet", "results/summary/metrics.csv", "re
 FIGURES = ("rollout.png", "rollout.npy", "loss.png", "metrics.png")
 FIGURE_DIR = "results/figures/{family}/{run}"
 POSEVAE_FIGURES = ("reconstructions.png", "samples.png")
+REG2RG_FIGURES = ("reports.png",)
+
+
+def reg2rg_checkpoints(section: Mapping[str, Any] | None) -> list[tuple[str, str, int]]:
+    """(``reg2rg``, run, epoch) of every Reg2RG checkpoint (one per epoch), from the
+    top-level ``reg2rg:`` section (None: no Reg2RG)."""
+    if not section:
+        return []
+    epochs = int(section["train"]["epochs"])
+    return [("reg2rg", str(section["run"]), epoch) for epoch in range(1, epochs + 1)]
 
 
 def model_checkpoints(models: Mapping[str, Mapping[str, Any]],
@@ -48,16 +58,21 @@ def evaluate_targets(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [EVALUATE.format(family=f, run=r, step=s) for f, r, s in model_checkpoints(models)]
 
 
-def figure_targets(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Per run: rollout (PNG + raw .npy), loss and metric curves; pose VAE samples."""
+def figure_targets(models: Mapping[str, Mapping[str, Any]], reg2rg: Mapping[str, Any] | None = None) -> list[str]:
+    """Per run: rollout (PNG + raw .npy), loss and metric curves; pose VAE samples; Reg2RG
+    sample reports."""
+    extra = {FIGURE_DIR.format(family=f, run=r) for f, r, _ in reg2rg_checkpoints(reg2rg)}
     out = []
     for family, run in model_runs(models):
         folder = FIGURE_DIR.format(family=family, run=run)
         names = FIGURES + (POSEVAE_FIGURES if family == "posevae" else ())
         out += [f"{folder}/{name}" for name in names]
+    for folder in sorted(extra):
+        out += [f"{folder}/{name}" for name in FIGURES + REG2RG_FIGURES]
     return out
 
 
-def evaluation_final_targets(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def evaluation_final_targets(models: Mapping[str, Mapping[str, Any]], reg2rg: Mapping[str, Any] | None = None
+                             ) -> list[str]:
     """What ``rule all`` needs for the evaluation stages: the summary and every figure."""
-    return [*SUMMARY, *figure_targets(models)]
+    return [*SUMMARY, *figure_targets(models, reg2rg)]

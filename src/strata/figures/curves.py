@@ -47,7 +47,8 @@ def loss_figure(log: pd.DataFrame, checkpoint_steps: list[int], title: str, path
 def metric_figure(metrics: pd.DataFrame, names: list[str], best_step: int | None, title: str,
                   path: str | Path) -> None:
     """Each metric of ``names`` against the checkpoint step, one line per level (long
-    metrics table of one run); a dashed line marks the best checkpoint."""
+    metrics table of one run; a non-numeric level is its own label, e.g. ``corpus``); a
+    dashed line marks the best checkpoint."""
     names = [n for n in names if n in set(metrics["metric"])]
     if not names:
         raise ValueError(f"none of the metrics {names} in the table")
@@ -56,7 +57,7 @@ def metric_figure(metrics: pd.DataFrame, names: list[str], best_step: int | None
         rows = metrics[metrics["metric"] == name]
         for level, group in rows.groupby("level", sort=True):
             group = group.sort_values("step")
-            label = "run" if level == "all" else f"level {level}"
+            label = "run" if level == "all" else (f"level {level}" if str(level).isdigit() else str(level))
             ax.plot(group["step"], group["value"], "o-", ms=4, label=label)
         if best_step is not None:
             ax.axvline(best_step, color="gray", ls="--", lw=0.8, label="best checkpoint")

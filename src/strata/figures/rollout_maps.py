@@ -6,6 +6,8 @@
 * H-JEPA: plain spatial rollout over the target encoder's blocks: ``R`` is ``[N, N]``.
 * Pose VAE: temporal rollout over the encoder's global (chunk-level) attention:
   ``R`` is ``[N_chunks, N_chunks]``.
+* Reg2RG: plain spatial rollout over the frozen ViT-3D's blocks on a CT volume:
+  ``R`` is ``[N, N]`` (no CLS token: every patch token is an output).
 
 The *relevance* of the input positions is the mean of ``R``'s rows (how much every output
 token draws on each input token), laid out on the input: per voxel (CT), per frame and
@@ -75,3 +77,13 @@ def posevae_rollout(model: torch.nn.Module, x: Tensor, valid: Tensor) -> Rollout
         raise ValueError(f"rollout has {matrix.shape[0]} chunks for {x.shape[1]} frames")
     relevance = matrix.mean(dim=0).repeat_interleave(length)[: x.shape[1]]  # (T,)
     return RolloutResult(matrix, relevance)
+
+
+@torch.no_grad()
+def reg2rg_rollout(vit: torch.nn.Module, x: Tensor) -> RolloutResult:
+    """``vit``: Reg2RG's frozen ViT-3D; ``x``: one volume [1, C, H, W, D]."""
+    _, attentions = vit(x, return_attention=True)  # per block (1, heads, N, N)
+    matrix = rollout(attentions)[0]
+    grid = vit.grid(tuple(x.shape))
+    relevance = matrix.mean(dim=0).view(*grid)
+    return RolloutResult(matrix, upsample_grid(relevance, vit.cfg.patch_size))

@@ -206,7 +206,10 @@ class GenerationConfig:
         temperature: sampling temperature (used only when sampling).
         top_k: sampling top-k (used only when sampling).
         repetition_penalty: 1.0 = none.
-        batch_size: sequences decoded together (with the KV cache).
+        batch_size: sequences decoded together (with the KV cache); the generate stage
+            also writes one resumable part file per ``batch_size`` studies.
+        mode: ``study`` (one sequence per study, split into regions) or ``region`` (one
+            sequence per listed region); see :mod:`strata.reg2rg.generate`.
     """
 
     max_new_tokens: int
@@ -216,6 +219,21 @@ class GenerationConfig:
     top_k: int
     repetition_penalty: float
     batch_size: int
+    mode: Literal["study", "region"] = "study"
+
+
+@dataclass(frozen=True)
+class Reg2RGSplitConfig:
+    """Held-out studies of the generate / evaluate stages (never trained on).
+
+    Args:
+        held_out: number of studies held out, drawn from the sorted study ids with ``seed``
+            (at least one study always stays for training).
+        seed: seed of that draw.
+    """
+
+    held_out: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -236,6 +254,7 @@ class Reg2RGConfig:
         train: the training stage.
         deepspeed: a DeepSpeed JSON config (``config/deepspeed/zero2.json``), or null.
         generation: decoding settings of the generate stage.
+        split: held-out studies (null: every study is trained on and generated for).
     """
 
     run: str
@@ -250,3 +269,4 @@ class Reg2RGConfig:
     train: Reg2RGTrainConfig
     deepspeed: Path | None
     generation: GenerationConfig
+    split: Reg2RGSplitConfig | None = None
