@@ -24,7 +24,8 @@ import pytest
 import yaml
 from conftest import REPO, SNAKEMAKE, copy_workflow
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(2400)]
+# pytest-timeout interrupts with a signal, so the fixture finalisers still stop the daemons
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1200)]
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")  # job steps drop SLURM_CONF, so it must be the default path
 CONF_MARKER = "# written by strata tests/test_slurm.py"
@@ -64,10 +65,10 @@ def _ensure_installed() -> None:
         pytest.skip("SLURM is not installed and there is no apt-get to install it")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"]
-    proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:  # stale package lists: refresh once and retry
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900, check=False)
-        proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900, check=False)
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600, check=False)
+        proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0 or not all(shutil.which(name) for name in DAEMONS):
         pytest.skip(f"apt-get could not install slurm-wlm and munge:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
