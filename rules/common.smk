@@ -92,6 +92,25 @@ def run_config(family):
     return subset
 
 
+def run_gpus(family):
+    """Resource function: GPUs of one run of ``family`` (its ``train.gpus``; 0 = CPU)."""
+
+    def gpus(wildcards):
+        return CFG.models[family][wildcards.run].train.gpus
+
+    return gpus
+
+
+def run_threads(family):
+    """Threads function: per training process one main thread plus its loader workers."""
+
+    def threads(wildcards):
+        train = CFG.models[family][wildcards.run].train
+        return max(2, train.gpus * (train.num_workers + 1))
+
+    return threads
+
+
 def training_inputs(family):
     """Input function: the cached features a run of ``family`` trains on."""
 
@@ -152,6 +171,23 @@ def reg2rg_train_inputs(wildcards):
         ),
         "extra": extra,
     }
+
+
+def reg2rg_gpus(wildcards):
+    """Resource function: GPUs of train_reg2rg (``reg2rg.gpus``)."""
+    return CFG.reg2rg.gpus
+
+
+def reg2rg_threads(wildcards):
+    """Threads function: per training process one main thread plus its loader workers."""
+    return max(2, CFG.reg2rg.gpus * (CFG.reg2rg.train.num_workers + 1))
+
+
+def generate_gpus(wildcards):
+    """Resource function: generation runs on one GPU when its run trained on GPUs."""
+    if wildcards.family == "reg2rg":
+        return min(CFG.reg2rg.gpus, 1)
+    return min(CFG.models[wildcards.family][wildcards.run].train.gpus, 1)
 
 
 def reg2rg_targets():

@@ -20,6 +20,8 @@ rule generate:
     conda:
         "../envs/torch.yaml"
     threads: 1
+    resources:
+        gpu=generate_gpus,
     params:
         data=run_data,
         generation=generation_params,

@@ -56,7 +56,9 @@ rule train_reg2rg:
         run=config["reg2rg"]["run"],
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: reg2rg_threads
+    resources:
+        gpu=reg2rg_gpus,
     params:
         reg2rg=config_subset("reg2rg"),
         seed=config["seed"],

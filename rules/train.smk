@@ -1,5 +1,7 @@
 # Training: one job per (family, run); checkpoints at the steps the config fixes.
 # A re-run after a kill resumes from results/<family>/<run>/resume/ (not an output).
+# A run's train.gpus becomes the job's `gpu` resource; with more than one, the script
+# launches torchrun with that many DDP processes (strata.training.distributed).
 
 
 rule train_hiera3d:
@@ -16,7 +18,9 @@ rule train_hiera3d:
         run=run_pattern("hiera3d"),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: run_threads("hiera3d")
+    resources:
+        gpu=run_gpus("hiera3d"),
     params:
         family="hiera3d",
         run_config=run_config("hiera3d"),
@@ -38,6 +42,9 @@ use rule train_hiera3d as train_hjepa with:
         "results/benchmarks/train_hjepa/{run}.tsv"
     wildcard_constraints:
         run=run_pattern("hjepa"),
+    threads: run_threads("hjepa")
+    resources:
+        gpu=run_gpus("hjepa"),
     params:
         family="hjepa",
         run_config=run_config("hjepa"),
@@ -57,6 +64,9 @@ use rule train_hiera3d as train_posevae with:
         "results/benchmarks/train_posevae/{run}.tsv"
     wildcard_constraints:
         run=run_pattern("posevae"),
+    threads: run_threads("posevae")
+    resources:
+        gpu=run_gpus("posevae"),
     params:
         family="posevae",
         run_config=run_config("posevae"),

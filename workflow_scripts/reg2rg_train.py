@@ -1,13 +1,12 @@
 """Snakemake entry point of rule train_reg2rg: HF Trainer (optionally DeepSpeed) on the token cache.
 
-With ``reg2rg.deepspeed`` set the job relaunches itself under ``torchrun`` with one process
-per visible GPU (one on a CPU-only machine, with ``DS_ACCELERATOR=cpu``): DeepSpeed needs
-the launcher's RANK / WORLD_SIZE / MASTER_ADDR environment.
+With ``reg2rg.deepspeed`` set, or more than one GPU, the job launches ``python -m
+strata.reg2rg`` under ``torchrun`` with one process per GPU of its ``gpu`` resource
+(``reg2rg.gpus``; one process on a CPU-only machine, with ``DS_ACCELERATOR=cpu``):
+DeepSpeed needs the launcher's RANK / WORLD_SIZE / MASTER_ADDR environment, and without
+DeepSpeed HF Trainer runs DDP under it.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -17,30 +16,32 @@ from strata.config import from_dict
 from strata.logging_setup import snakemake_logging
 from strata.reg2rg.config import Reg2RGConfig
 from strata.reg2rg.train import Reg2RGInputs, train_reg2rg
+from strata.training.distributed import run_torchrun, threads_per_process
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 
 with snakemake_logging(snakemake.log[0]) as log:
     cfg = from_dict(Reg2RGConfig, dict(snakemake.params.reg2rg), where="reg2rg")
-    torch.set_num_threads(snakemake.threads)
+    gpus = int(snakemake.resources.get("gpu", 0))
+    threads = threads_per_process(snakemake.threads, gpus)
+    torch.set_num_threads(threads)
     token_dir = Path(snakemake.input.tokens[0]).parent
     run_dir = Path(snakemake.output.checkpoints).parent
     inputs = Reg2RGInputs(Path(snakemake.input.tokenizer), Path(snakemake.input.reports), token_dir,
                           tuple(Path(p).name.removesuffix(".safetensors") for p in snakemake.input.tokens))
-    log.info("training reg2rg/%s on %d studies, %d threads", cfg.run, len(inputs.study_ids), snakemake.threads)
-    if cfg.deepspeed is None:
+    log.info("training reg2rg/%s on %d studies, %d GPU(s), %d thread(s) per process", cfg.run,
+             len(inputs.study_ids), gpus, threads)
+    if cfg.deepspeed is None and gpus <= 1:
         frame = train_reg2rg(cfg, int(snakemake.params.seed), inputs, run_dir)
         log.info("first loss %.4f, last loss %.4f", frame["loss"].iloc[0], frame["loss"].iloc[-1])
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         config = run_dir / "launch_config.yaml"
-        config.write_text(yaml.safe_dump({"seed": int(snakemake.params.seed), "reg2rg": dict(snakemake.params.reg2rg)}))
-        nproc = max(torch.cuda.device_count(), 1)
-        env = {**os.environ, **({} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"})}
-        cmd = [str(Path(sys.executable).with_name("torchrun")), f"--nproc_per_node={nproc}", "-m", "strata.reg2rg",
-               "--config", str(config), "--tokenizer", str(inputs.tokenizer_dir), "--reports", str(inputs.reports),
-               "--tokens", str(token_dir), "--out", str(run_dir), "--threads", str(snakemake.threads)]
-        log.info("launching %s", " ".join(cmd))
-        with open(snakemake.log[0], "a") as fh:
-            subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
+        config.write_text(yaml.safe_dump({"seed": int(snakemake.params.seed), "reg2rg": dict(snakemake.params.reg2rg),
+                                          "studies": list(inputs.study_ids)}))
+        run_torchrun(max(gpus, 1), "strata.reg2rg",
+                     ["--config", str(config), "--tokenizer", str(inputs.tokenizer_dir), "--reports",
+                      str(inputs.reports), "--tokens", str(token_dir), "--out", str(run_dir), "--threads", str(threads)],
+                     log_file=Path(snakemake.log[0]),
+                     env={} if torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"})
         config.unlink()

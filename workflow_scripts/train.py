@@ -1,11 +1,17 @@
-"""Snakemake entry point of the train_<family> rules: one run -> checkpoints + step log."""
+"""Snakemake entry point of the train_<family> rules: one run -> checkpoints + step log.
+
+The job's ``gpu`` resource (the run's ``train.gpus``) is its world size: more than one
+launches ``python -m strata.training`` under ``torchrun`` with one DDP process per GPU.
+"""
 
 from pathlib import Path
 
 import torch
+import yaml
 
 from strata.config import ModelRunConfig, from_dict
 from strata.logging_setup import snakemake_logging
+from strata.training.distributed import run_torchrun, threads_per_process
 from strata.training.run import train_run
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
@@ -13,7 +19,20 @@ snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 with snakemake_logging(snakemake.log[0]) as log:
     family, run = snakemake.params.family, snakemake.wildcards.run
     cfg = from_dict(ModelRunConfig, dict(snakemake.params.run_config), where=f"models.{family}.{run}")
-    torch.set_num_threads(snakemake.threads)
-    log.info("training %s/%s on %s with %d threads", family, run, cfg.data, snakemake.threads)
-    train_run(family, run, cfg, int(snakemake.params.seed), Path(snakemake.params.cache),
-              Path(snakemake.output.checkpoints).parent)
+    run_dir = Path(snakemake.output.checkpoints).parent
+    nproc = int(snakemake.resources.get("gpu", 0))
+    threads = threads_per_process(snakemake.threads, nproc)
+    log.info("training %s/%s on %s: %d GPU(s), %d thread(s) per process", family, run, cfg.data, nproc, threads)
+    if nproc > 1:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        launch = run_dir / "launch_config.yaml"  # the run's section for the torchrun processes
+        launch.write_text(yaml.safe_dump({"seed": int(snakemake.params.seed),
+                                          "run_config": dict(snakemake.params.run_config)}))
+        run_torchrun(nproc, "strata.training",
+                     ["--run-config", str(launch), "--family", family, "--run-name", run,
+                      "--cache", str(snakemake.params.cache), "--out", str(run_dir), "--threads", str(threads)],
+                     log_file=Path(snakemake.log[0]))
+        launch.unlink()
+    else:
+        torch.set_num_threads(threads)
+        train_run(family, run, cfg, int(snakemake.params.seed), Path(snakemake.params.cache), run_dir)

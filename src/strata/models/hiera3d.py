@@ -642,10 +642,15 @@ class Hiera3DMAE(TrainableModel):
         per_unit = target.var(dim=-1, unbiased=False)  # = MSE of predicting the patch mean
         return (per_unit * mask).sum() / mask.sum()
 
+    def step_inputs(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """The global batch's masks ``{"mask": [B, U] bool}`` (see :meth:`random_masking`)."""
+        return {"mask": self.random_masking(batch_size, generator=generator)}
+
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
-        """``batch["x"]``: [B, C, T, H, W] float; masks from the global RNG."""
+        """``batch["x"]``: [B, C, T, H, W] float; ``batch["mask"]`` [B, U] if given (the
+        loop's :meth:`step_inputs`), else masks from the global RNG."""
         x = batch["x"]
-        loss, _, mask = self(x)
+        loss, _, mask = self(x, batch.get("mask"))
         with torch.no_grad():
             baseline = self.per_patch_mean_loss(x, mask)
         return StepOutput(loss, {"loss": loss.item(), "mask_ratio": mask.float().mean().item(),

@@ -785,9 +785,20 @@ class HJEPA(TrainableModel):
         """Collapse monitor on ``x`` [B, C, T, H, W]: :func:`batch_std` of the targets."""
         return float(batch_std(self.forward_target(x)))
 
+    def step_inputs(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """The global batch's multi-block masks (:meth:`sample_masks`): ``context_mask``
+        [B, N] and ``target_masks`` [B, M, N]. Block sizes are shared by the whole global
+        batch (as I-JEPA's collator shares them across ranks), positions are per sample."""
+        masks = self.sample_masks(batch_size, generator)
+        return {"context_mask": masks.context, "target_masks": masks.targets}
+
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
-        """``batch["x"]``: [B, C, T, H, W] float; masks from the global RNG."""
-        out = self(batch["x"])
+        """``batch["x"]``: [B, C, T, H, W] float; masks from ``context_mask`` / ``target_masks``
+        if given (the loop's :meth:`step_inputs`), else from the global RNG."""
+        masks = None
+        if "context_mask" in batch:
+            masks = BlockMasks(context=batch["context_mask"], targets=batch["target_masks"])
+        out = self(batch["x"], masks)
         metrics = {"loss": out.loss.item(), "target_std": float(batch_std(out.targets)),
                    "context_tokens": out.masks.context.sum(dim=1).float().mean().item()}
         for level, (loss, windows) in enumerate(zip(out.level_losses.tolist(), out.level_windows.tolist())):

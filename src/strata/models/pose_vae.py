@@ -550,13 +550,16 @@ class PoseVAE(TrainableModel):
         return Decoded(pose, z, attention)
 
     def forward(self, x: Tensor, valid: Tensor | None = None, frame_mask: Tensor | None = None, *,
-                sample_latent: bool = True, return_attention: bool = False) -> PoseVAEOutput:
+                sample_latent: bool = True, return_attention: bool = False,
+                noise_seed: Tensor | None = None) -> PoseVAEOutput:
         """Encode, draw ``z`` (reparameterised sample, or ``mu`` when ``sample_latent`` is
-        False) and decode to ``recon`` [B, T, F]."""
+        False) and decode to ``recon`` [B, T, F]. The sample's noise comes from the global
+        RNG, or from :meth:`latent_noise` when ``noise_seed`` [B] is given."""
         posterior = self.encode(x, valid, frame_mask, return_attention=return_attention)
         z = posterior.mu
         if sample_latent:
-            z = posterior.mu + torch.exp(0.5 * posterior.logvar) * torch.randn_like(posterior.mu)
+            eps = torch.randn_like(posterior.mu) if noise_seed is None else self.latent_noise(noise_seed, posterior.mu)
+            z = posterior.mu + torch.exp(0.5 * posterior.logvar) * eps
         decoded = self.decode(z, num_frames=posterior.num_frames, frame_mask=posterior.frame_mask,
                               return_attention=return_attention)
         attention = None
@@ -597,11 +600,24 @@ class PoseVAE(TrainableModel):
                    "active_units": float(active)}
         return loss, metrics
 
+    @staticmethod
+    def latent_noise(noise_seed: Tensor, like: Tensor) -> Tensor:
+        """Standard normal noise shaped as ``like`` [B, N, Z]; sample i from a generator
+        seeded with ``noise_seed[i]``, so its noise does not depend on the other samples of
+        the batch (nor on how a global batch is split over processes)."""
+        noise = [torch.randn(like.shape[1:], generator=torch.Generator().manual_seed(seed))
+                 for seed in noise_seed.tolist()]
+        return torch.stack(noise).to(device=like.device, dtype=like.dtype)
+
+    def step_inputs(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """One noise seed per sample of the global batch (``noise_seed`` [B] int64)."""
+        return {"noise_seed": torch.randint(0, 2**62, (batch_size,), generator=generator)}
+
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
-        """``batch["x"]`` [B, T, 1, F] (or [B, T, F]), optional ``valid`` (same shape) and
-        ``frame_mask`` [B, T] bool."""
+        """``batch["x"]`` [B, T, 1, F] (or [B, T, F]), optional ``valid`` (same shape),
+        ``frame_mask`` [B, T] bool and ``noise_seed`` [B] (the loop's :meth:`step_inputs`)."""
         x, valid, frame_mask = batch["x"], batch.get("valid"), batch.get("frame_mask")
-        out = self(x, valid, frame_mask)
+        out = self(x, valid, frame_mask, noise_seed=batch.get("noise_seed"))
         loss, metrics = self.forward_loss(x, valid, frame_mask, out)
         return StepOutput(loss, metrics)
 

@@ -4,7 +4,9 @@
         --tokenizer results/reg2rg/tokenizer --reports results/cache/ct/reports.parquet \\
         --tokens results/reg2rg/tokens --out results/reg2rg/demo --deepspeed config/deepspeed/zero2.json
 
-``--config`` is a YAML file with a top-level ``reg2rg:`` section (and ``seed:``).
+``--config`` is a YAML file with a top-level ``reg2rg:`` section (and ``seed:``) and
+optionally ``studies:``, the study ids to train on (default: every file in ``--tokens``;
+the rule lists its training studies, so held-out ones are never trained on).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.deepspeed is not None:
         cfg = dataclasses.replace(cfg, deepspeed=args.deepspeed)
     torch.set_num_threads(args.threads)
-    studies = tuple(sorted(p.name.removesuffix(".safetensors") for p in args.tokens.glob("*.safetensors")))
+    studies = tuple(raw["studies"]) if raw.get("studies") is not None else \
+        tuple(sorted(p.name.removesuffix(".safetensors") for p in args.tokens.glob("*.safetensors")))
     frame = train_reg2rg(cfg, int(raw["seed"]), Reg2RGInputs(args.tokenizer, args.reports, args.tokens, studies),
                          args.out)
     print(json.dumps({"losses": frame["loss"].tolist()}))

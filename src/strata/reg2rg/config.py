@@ -255,6 +255,9 @@ class Reg2RGConfig:
         deepspeed: a DeepSpeed JSON config (``config/deepspeed/zero2.json``), or null.
         generation: decoding settings of the generate stage.
         split: held-out studies (null: every study is trained on and generated for).
+        gpus: GPUs of the training job (its Snakemake ``gpu`` resource); more than one
+            launches ``torchrun`` with that many processes (DeepSpeed ZeRO-2 when
+            ``deepspeed`` is set, else DDP through HF Trainer). 0 = CPU.
     """
 
     run: str
@@ -270,3 +273,4 @@ class Reg2RGConfig:
     deepspeed: Path | None
     generation: GenerationConfig
     split: Reg2RGSplitConfig | None = None
+    gpus: int = 0

@@ -38,6 +38,8 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         precision: ``auto`` = bf16 autocast on CUDA, fp32 on CPU.
         optim: optimizer and schedule.
+        gpus: devices of the run's job (its Snakemake ``gpu`` resource); more than one
+            launches ``torchrun`` with one DDP process each. 0 = CPU.
     """
 
     batch_size: int
@@ -46,6 +48,14 @@ class TrainConfig:
     num_workers: int
     precision: Literal["auto", "fp32", "bf16"]
     optim: OptimConfig
+    gpus: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gpus < 0:
+            raise ValueError(f"train.gpus must be >= 0, got {self.gpus}")
+        if self.gpus > 1 and self.batch_size % self.gpus:
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of train.gpus "
+                             f"({self.gpus}): every process takes an equal share of the global batch")
 
     def checkpoint_steps(self) -> list[int]:
         """Steps after which a checkpoint is written (1-based step counts)."""

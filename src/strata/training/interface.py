@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 
@@ -28,6 +29,16 @@ class TrainableModel(nn.Module):
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         """Loss of one batch (keys as the model's dataset yields them)."""
         raise NotImplementedError
+
+    def step_inputs(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """Per-sample random inputs of one step's *global* batch, drawn from ``generator``
+        (seeded from the run's seed and the step): tensors whose first axis is the sample.
+
+        The loop adds each process's slice to its batch, so masks and noise of a sample do
+        not depend on how many processes share the batch. :meth:`training_step` falls back
+        to the global RNG for keys that are absent. Default: none.
+        """
+        return {}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Called after every optimizer step with the 0-based step just taken."""

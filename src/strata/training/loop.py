@@ -5,6 +5,17 @@ batches an uninterrupted one would), AdamW with transformers' schedules, gradien
 clipping, bf16 autocast on CUDA and fp32 on CPU, a progress bar, a per-step log and
 checkpoints at the steps the config fixes. On CPU a killed and resumed run ends with
 weights byte-identical to an uninterrupted one.
+
+Several processes (``torchrun``, one per GPU; gloo on the CPU) run the same loop under
+DistributedDataParallel: the sampler still draws the *global* batch of each step from
+``(seed, step)`` and every rank takes its contiguous slice, so the data order is the
+single-process run's. Per-sample randomness (masks, latent noise) is drawn by the model's
+``step_inputs`` for the whole global batch from a generator seeded with ``(seed, step)``
+and sliced the same way, so it does not depend on the number of processes either; the
+global torch RNG (dropout and any other draw inside the model) is reseeded every step
+from ``(seed, step, rank)``. Gradients are averaged by DDP (the mean of the ranks' local
+means equals the global-batch mean whenever a loss weighs every sample equally); the
+logged loss and metrics are the mean over ranks; only rank 0 writes checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -19,12 +30,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 from transformers import get_scheduler
 
 from strata.training.checkpoint import CheckpointStore, rng_state, set_rng_state
 from strata.training.config import TrainConfig
+from strata.training.distributed import DistInfo, process_group
 from strata.training.interface import TrainableModel
 
 log = logging.getLogger(__name__)
@@ -34,23 +49,55 @@ Batch = dict[str, torch.Tensor]
 
 class StepSampler(Sampler[int]):
     """Sample indices for optimizer steps ``start..total-1``: epoch ``e`` is a permutation
-    drawn from ``(seed, e)``, so the batch of a step never depends on earlier steps."""
+    drawn from ``(seed, e)``, so the batch of a step never depends on earlier steps.
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, total_steps: int) -> None:
+    ``batch_size`` is the global batch; process ``rank`` of ``world_size`` gets the
+    contiguous slice ``[rank * b, (rank + 1) * b)`` of it (``b = batch_size / world_size``),
+    so the ranks together see exactly the single-process batch (DistributedSampler's role,
+    with the step-seeded order kept).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         if n < batch_size:
             raise ValueError(f"dataset has {n} samples, fewer than one batch of {batch_size}")
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"batch size {batch_size} must split evenly over {world_size} processes "
+                             f"(rank {rank})")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start, self.total = start_step, total_steps
+        self.local_batch = batch_size // world_size
+        self.rank_offset = rank * self.local_batch
         self.steps_per_epoch = n // batch_size  # the last partial batch of an epoch is dropped
 
     def __len__(self) -> int:
-        return (self.total - self.start) * self.batch_size
+        return (self.total - self.start) * self.local_batch
 
     def __iter__(self) -> Iterator[int]:
         for step in range(self.start, self.total):
             epoch, offset = divmod(step, self.steps_per_epoch)
             order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            yield from order[offset * self.batch_size:(offset + 1) * self.batch_size].tolist()
+            first = offset * self.batch_size + self.rank_offset
+            yield from order[first:first + self.local_batch].tolist()
+
+
+def step_seed(*key: int) -> int:
+    """A 63-bit seed from integers (e.g. ``(seed, step)`` or ``(seed, step, rank)``)."""
+    low, high = np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint32)
+    return (int(high) << 31) ^ int(low)
+
+
+class _TrainingStep(nn.Module):
+    """Routes DDP's forward to :meth:`TrainableModel.training_step` (DDP synchronises the
+    gradients of what runs inside its own ``forward``)."""
+
+    def __init__(self, model: TrainableModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.model.training_step(batch)
+        return out.loss, out.metrics
 
 
 @dataclass(frozen=True)
@@ -65,10 +112,11 @@ class RunSpec:
     fingerprint: str  # config + data hash: a resume state must match it
 
 
-def device_and_autocast(precision: str) -> tuple[torch.device, Callable[[], contextlib.AbstractContextManager]]:
-    """bf16 autocast on CUDA (``auto``/``bf16``); fp32 everywhere else."""
+def device_and_autocast(precision: str, local_rank: int = 0
+                        ) -> tuple[torch.device, Callable[[], contextlib.AbstractContextManager]]:
+    """bf16 autocast on CUDA (``auto``/``bf16``, device ``cuda:<local_rank>``); fp32 everywhere else."""
     if torch.cuda.is_available():
-        device = torch.device("cuda")
+        device = torch.device("cuda", local_rank)
         if precision in ("auto", "bf16"):
             return device, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         return device, contextlib.nullcontext
@@ -91,16 +139,52 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _mean_over_ranks(values: list[float], dist_info: DistInfo, device: torch.device) -> list[float]:
+    """The mean of each value over the processes (the values themselves in a single process)."""
+    if dist_info.world_size == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / dist_info.world_size).tolist()
+
+
+def _check_replicas_agree(model: nn.Module, dist_info: DistInfo, device: torch.device, step: int) -> None:
+    """Fail loudly if the processes' weights drifted apart (e.g. an EMA target encoder
+    or a buffer updated from rank-local data): checksums of every tensor must be equal."""
+    if dist_info.world_size == 1:
+        return
+    sums = torch.stack([t.detach().double().sum() for t in model.state_dict().values()]).to(device)
+    high, low = sums.clone(), sums.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    if not torch.equal(high, low):
+        names = [n for n, h, lo in zip(model.state_dict(), high.tolist(), low.tolist()) if h != lo]
+        raise RuntimeError(f"step {step}: model state differs between processes in {names[:5]}")
+
+
 def train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
           collate_fn: Callable[[list[Batch]], Batch] | None = None) -> pd.DataFrame:
     """Train ``model`` on ``dataset`` as ``spec`` says; resumes from ``run_dir/resume``.
     ``collate_fn`` batches items (default: stacking; variable-length items need their own).
 
+    Under ``torchrun`` (WORLD_SIZE > 1) this process joins the run's process group and
+    trains its share of every global batch with DDP.
+
     Returns the per-step log (also written to ``run_dir/train_log.parquet``).
     """
+    with process_group() as dist_info:
+        return _train(model, dataset, spec, collate_fn, dist_info)
+
+
+def _train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
+           collate_fn: Callable[[list[Batch]], Batch] | None, dist_info: DistInfo) -> pd.DataFrame:
     cfg, optim_cfg = spec.train, spec.train.optim
+    world, rank = dist_info.world_size, dist_info.rank
+    if cfg.batch_size % world:
+        raise ValueError(f"{spec.run_dir}: train.batch_size {cfg.batch_size} does not split over {world} "
+                         "processes; make it a multiple of the GPU count")
     torch.manual_seed(spec.seed)
-    device, autocast = device_and_autocast(cfg.precision)
+    device, autocast = device_and_autocast(cfg.precision, dist_info.local_rank)
     model.to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr,
                                   betas=optim_cfg.betas)
@@ -108,7 +192,11 @@ def train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
                               num_training_steps=cfg.total_steps)
     store = CheckpointStore(spec.run_dir, spec.fingerprint)
     start, rows = 0, []
-    resumed = store.latest()
+    # rank 0 looks first: it alone may discard a stale resume state the others must not read
+    resumed = store.latest() if dist_info.is_main else None
+    dist_info.barrier()
+    if not dist_info.is_main:
+        resumed = store.latest()
     if resumed is not None:
         model.load_state_dict(resumed.model)
         optimizer.load_state_dict(resumed.training["optimizer"])
@@ -117,33 +205,54 @@ def train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
         start, rows = resumed.step, resumed.log.to_dict("records")
         log.info("resuming from step %d of %d", start, cfg.total_steps)
     save_steps = set(cfg.checkpoint_steps())
-    sampler = StepSampler(len(dataset), cfg.batch_size, spec.seed, start, cfg.total_steps)
+    sampler = StepSampler(len(dataset), cfg.batch_size, spec.seed, start, cfg.total_steps, rank, world)
+    local = sampler.local_batch
     # the loader draws its worker seed from its own generator, never from the global RNG
-    # (that draw would shift the model's masking RNG on resume)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+    loader = DataLoader(dataset, batch_size=local, sampler=sampler, num_workers=cfg.num_workers,
                         drop_last=True, pin_memory=device.type == "cuda", collate_fn=collate_fn,
                         generator=torch.Generator().manual_seed(spec.seed))
     model.train()
-    progress = tqdm(total=cfg.total_steps, initial=start, desc=f"train {spec.run_dir}", unit="step")
+    step_fn: nn.Module = _TrainingStep(model)
+    if world > 1:  # broadcasts rank 0's weights, then all-reduces (averages) gradients in backward;
+        # some models own parameters a training step never uses (e.g. the MAE encoder's
+        # unmasked-path head), which DDP must be told to expect
+        step_fn = DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=True)
+        log.info("DDP process %d of %d on %s (%s), %d of %d samples per step", rank, world, device,
+                 dist.get_backend(), local, cfg.batch_size)
+    progress = tqdm(total=cfg.total_steps, initial=start, desc=f"train {spec.run_dir}", unit="step",
+                    disable=not dist_info.is_main)
     for step, batch in enumerate(loader, start=start):
+        batch = _to_device(batch, device)
+        # per-sample randomness of the whole global batch from (seed, step); this rank's slice
+        shared = torch.Generator().manual_seed(step_seed(spec.seed, step))
+        for key, value in model.step_inputs(cfg.batch_size, shared).items():
+            batch[key] = value[rank * local:(rank + 1) * local].to(device)
+        torch.manual_seed(step_seed(spec.seed, step, rank))  # any other draw (dropout) of this step
         with autocast():
-            out = model.training_step(_to_device(batch, device))
+            loss, metrics = step_fn(batch)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         grad_norm = (torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), optim_cfg.grad_clip)
                      if optim_cfg.grad_clip > 0 else torch.tensor(float("nan")))
         optimizer.step()
         scheduler.step()
         model.after_optimizer_step(step, cfg.total_steps)
-        rows.append({"step": step + 1, "loss": float(out.loss.detach()), "lr": scheduler.get_last_lr()[0],
-                     "grad_norm": float(grad_norm), **{k: float(v) for k, v in out.metrics.items()}})
+        names = list(metrics)
+        values = _mean_over_ranks([float(loss.detach()), *(float(metrics[k]) for k in names)], dist_info, device)
+        rows.append({"step": step + 1, "loss": values[0], "lr": scheduler.get_last_lr()[0],
+                     "grad_norm": float(grad_norm), **dict(zip(names, values[1:]))})
         progress.update()
         progress.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
         if step + 1 in save_steps:
-            training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": rng_state(), "step": step + 1}
-            store.save(step + 1, model, training, spec.meta, pd.DataFrame(rows), spec.architecture)
+            _check_replicas_agree(model, dist_info, device, step + 1)
+            if dist_info.is_main:
+                training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "rng": rng_state(), "step": step + 1}
+                store.save(step + 1, model, training, spec.meta, pd.DataFrame(rows), spec.architecture)
     progress.close()
     frame = pd.DataFrame(rows)
-    store.finish(frame)
+    if dist_info.is_main:
+        store.finish(frame)
+    dist_info.barrier()  # no process leaves before the run's files are complete
     return frame
