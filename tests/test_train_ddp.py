@@ -16,7 +16,9 @@ order (each rank takes its slice of the step's batch) and the same per-sample ma
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +26,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file
+from torch import nn
 
 from conftest import DEFAULT_CONFIG, copy_workflow, run_snakemake
 from strata.training.checkpoint import LOG, META, STATE, WEIGHTS
+from strata.training.distributed import DistInfo
+from strata.training.loop import _check_replicas_agree
 
 STEPS, SAVE_EVERY = 6, 3
 TOLERANCE = {"hiera3d": 1e-5, "hjepa": 1e-3, "posevae": 1e-3}
@@ -98,6 +106,38 @@ def test_two_processes_follow_the_single_process_loss_curve(runs, family):
     assert sorted(p.name for p in (double / "checkpoints" / str(STEPS)).iterdir()) == sorted([WEIGHTS, STATE, META])
 
 
+def _replica_check(rank: int, world: int, port: int, results: Path) -> None:
+    """One gloo process: equal weights pass the check, a bias that differs on rank 1 fails it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = nn.Linear(3, 2)
+        with torch.no_grad():
+            model.weight.fill_(0.25)
+            model.bias.fill_(0.0)
+        info = DistInfo(rank, world, 0)
+        _check_replicas_agree(model, info, torch.device("cpu"), step=3)  # identical: passes
+        with torch.no_grad():
+            model.bias.add_(1e-6 * rank)  # as an EMA updated from rank-local data would drift
+        try:
+            _check_replicas_agree(model, info, torch.device("cpu"), step=6)
+            outcome = "passed"
+        except RuntimeError as err:
+            outcome = str(err)
+        (results / f"rank{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_replica_check_stops_on_weights_that_differ_between_processes(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_replica_check, args=(2, port, tmp_path), nprocs=2, join=True, start_method="fork")
+    for rank in range(2):  # every rank raises, naming the step and the tensor
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "step 6: model state differs between processes in ['bias']"
+
+
 def test_two_process_run_resumes_to_identical_weights(runs, config, pose_cache, tmp_path):
     """An interrupted 2-process run (its resume state after step 3, as a killed job leaves
     it) resumed with 2 processes ends byte-identical to the uninterrupted 2-process run."""
@@ -138,3 +178,24 @@ def test_rule_with_two_gpus_launches_torchrun(tmp_path):
     train(workdir / "ddp.yaml", workdir / "results" / "cache", "hiera3d", single, 1)
     a, b = pd.read_parquet(single / LOG), pd.read_parquet(workdir / target)
     assert relative_difference(a["loss"], b["loss"]) < TOLERANCE["hiera3d"]
+
+
+@pytest.mark.slow  # CT demo preprocessing, token cache, then DeepSpeed's first-use JIT builds (~3-4 min)
+def test_reg2rg_rule_with_two_gpus_runs_zero2_in_two_processes(tmp_path):
+    """train_reg2rg with ``reg2rg.gpus: 2`` and ZeRO-2: the job launches two DeepSpeed
+    processes, which split the training studies (half the optimizer steps of one process)."""
+    workdir = copy_workflow(tmp_path / "wf")
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["reg2rg"].update(gpus=2, deepspeed="config/deepspeed/zero2.json")
+    raw["reg2rg"]["train"].update(epochs=1, grad_accum=1, warmup_steps=1)
+    (workdir / "ddp.yaml").write_text(yaml.safe_dump(raw))
+    run = raw["reg2rg"]["run"]
+    target = f"results/reg2rg/{run}/train_log.parquet"
+    run_snakemake(workdir, target, "--cores", "2", "--configfile", "ddp.yaml", timeout=1500)
+    rule_log = (workdir / "results" / "logs" / "train_reg2rg" / f"{run}.log").read_text()
+    assert "--nproc_per_node=2" in rule_log and "deepspeed" in rule_log.lower()
+    demo = raw["demo"]["ct"]
+    trained = demo["n_nifti"] + demo["n_dicom"] - raw["reg2rg"]["split"]["held_out"]
+    log = pd.read_parquet(workdir / target)
+    assert len(log) == -(-trained // 2)  # per-device batch 1, two processes, held-out studies excluded
+    assert (workdir / "results" / "reg2rg" / run / "checkpoints" / "1" / "model.safetensors").exists()

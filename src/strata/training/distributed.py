@@ -36,10 +36,6 @@ class DistInfo:
         """Only the main process writes checkpoints and logs."""
         return self.rank == 0
 
-    def device(self) -> torch.device:
-        """``cuda:<local_rank>`` when CUDA is available, else the CPU."""
-        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
