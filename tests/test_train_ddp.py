@@ -180,7 +180,7 @@ def test_rule_with_two_gpus_launches_torchrun(tmp_path):
     assert relative_difference(a["loss"], b["loss"]) < TOLERANCE["hiera3d"]
 
 
-@pytest.mark.slow  # CT demo preprocessing, token cache, then DeepSpeed's first-use JIT builds (~3-4 min)
+@pytest.mark.slow  # CT demo preprocessing, token cache, DeepSpeed's first-use JIT builds (~6 min on busy 2 cores)
 def test_reg2rg_rule_with_two_gpus_runs_zero2_in_two_processes(tmp_path):
     """train_reg2rg with ``reg2rg.gpus: 2`` and ZeRO-2: the job launches two DeepSpeed
     processes, which split the training studies (half the optimizer steps of one process)."""

@@ -214,8 +214,8 @@ def _train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
     model.train()
     step_fn: nn.Module = _TrainingStep(model)
     if world > 1:  # broadcasts rank 0's weights, then all-reduces (averages) gradients in backward;
-        # some models own parameters a training step never uses (e.g. the MAE encoder's
-        # unmasked-path head), which DDP must be told to expect
+        # some models own parameters a training step never uses (hiera3d's projections of
+        # the earlier stages serve only feature extraction), which DDP must be told to expect
         step_fn = DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=True)
         log.info("DDP process %d of %d on %s (%s), %d of %d samples per step", rank, world, device,
