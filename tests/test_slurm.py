@@ -28,6 +28,7 @@ from conftest import REPO, SNAKEMAKE, copy_workflow
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1200)]
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")  # job steps drop SLURM_CONF, so it must be the default path
+GRES_CONF = SLURM_CONF.with_name("gres.conf")
 CONF_MARKER = "# written by strata tests/test_slurm.py"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
 PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
@@ -87,8 +88,21 @@ def _partitions() -> list[str]:
     return names
 
 
+def _gpu_models() -> list[str]:
+    """The GPU types the profile asks for (``gpu_model``): the loopback node offers one of each."""
+    models = {res["gpu_model"] for res in PROFILE.get("set-resources", {}).values() if res.get("gpu_model")}
+    return sorted(models)
+
+
+def _gres_conf() -> str:
+    # a stand-in device file: SLURM schedules and hands out the GPU; torch (CPU build) sees none
+    return "\n".join([CONF_MARKER, "AutoDetect=off"] + [
+        f"NodeName=localhost Name=gpu Type={model} File=/dev/null" for model in _gpu_models()]) + "\n"
+
+
 def _slurm_conf(root: Path, cpus: int) -> str:
     partitions = _partitions()
+    gres = ",".join(f"gpu:{model}:1" for model in _gpu_models())
     lines = [
         CONF_MARKER,
         "ClusterName=strata-loopback",
@@ -115,10 +129,12 @@ def _slurm_conf(root: Path, cpus: int) -> str:
         "JobAcctGatherType=jobacct_gather/none",
         "JobCompType=jobcomp/none",
         "MpiDefault=none",
+        "GresTypes=gpu",
         "ReturnToService=2",
         "MinJobAge=3600",  # finished jobs stay in squeue/scontrol: the status command without accounting
         "SlurmdParameters=config_overrides",  # the declared node, not the probed one (mem requests fit)
-        f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=262144 State=UNKNOWN",
+        f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=262144 State=UNKNOWN"
+        + (f" Gres={gres}" if gres else ""),
     ]
     for i, name in enumerate(partitions):
         lines.append(f"PartitionName={name} Nodes=localhost MaxTime=INFINITE State=UP"
@@ -149,6 +165,11 @@ def _stop(procs: dict[str, subprocess.Popen]) -> None:
                 proc.wait(timeout=15)
 
 
+def _daemon(cmd: list[str]) -> subprocess.Popen:
+    """Start a daemon in the foreground in its own session (signals to pytest's group miss it)."""
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _munge_works() -> bool:
     encode = subprocess.run(["munge", "-n"], capture_output=True, check=False)
     return encode.returncode == 0 and subprocess.run(["unmunge"], input=encode.stdout,
@@ -160,8 +181,9 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.skip("the loopback SLURM cluster needs root (daemons, /etc/slurm/slurm.conf)")
     _ensure_installed()
-    if SLURM_CONF.exists() and CONF_MARKER not in SLURM_CONF.read_text():
-        pytest.skip(f"{SLURM_CONF} exists and was not written by this test; not touching a real cluster")
+    for conf in (SLURM_CONF, GRES_CONF):
+        if conf.exists() and CONF_MARKER not in conf.read_text():
+            pytest.skip(f"{conf} exists and was not written by this test; not touching a real cluster")
     if not (_port_free(6817) and _port_free(6818)):
         pytest.skip("a SLURM daemon is already listening on 6817/6818")
     root = tmp_path_factory.mktemp("slurm")
@@ -172,25 +194,23 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     try:
         if not _munge_works():
             Path("/run/munge").mkdir(parents=True, exist_ok=True)
-            procs["munged"] = subprocess.Popen(["munged", "--foreground", "--force",
-                                                f"--log-file={root}/munged.log"],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            procs["munged"] = _daemon(["munged", "--foreground", "--force", f"--log-file={root}/munged.log"])
             _wait(_munge_works, "munged", root, timeout=30)
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
         SLURM_CONF.write_text(_slurm_conf(root, cpus=max(4, os.cpu_count() or 1)))
+        GRES_CONF.write_text(_gres_conf())
         # -D: stay in the foreground, so the pid we hold is the daemon's; -c: a fresh state
-        procs["slurmctld"] = subprocess.Popen(["slurmctld", "-D", "-c"], stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.STDOUT)
-        procs["slurmd"] = subprocess.Popen(["slurmd", "-D", "-N", "localhost"], stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.STDOUT)
+        procs["slurmctld"] = _daemon(["slurmctld", "-D", "-c"])
+        procs["slurmd"] = _daemon(["slurmd", "-D", "-N", "localhost"])
         _wait(lambda: _node_state() == "idle", "the node to become idle", root)
         yield cluster
     finally:
         if "slurmctld" in procs and procs["slurmctld"].poll() is None:
             subprocess.run(["scancel", "--full", "--user", "root"], capture_output=True, check=False)  # our cluster only
         _stop(procs)
-        if SLURM_CONF.exists() and CONF_MARKER in SLURM_CONF.read_text():
-            SLURM_CONF.unlink()
+        for conf in (SLURM_CONF, GRES_CONF):
+            if conf.exists() and CONF_MARKER in conf.read_text():
+                conf.unlink()
 
 
 def _node_state() -> str:
@@ -223,23 +243,27 @@ def runs(cluster: Cluster, tmp_path_factory) -> Runs:
     slurm_dir = _workflow(tmp_path_factory.mktemp("slurm_run"))
     local_dir = _workflow(tmp_path_factory.mktemp("local_run"))
     common = ["--configfile=short_training.yaml", *TARGETS]
-    local = subprocess.Popen(["nice", "-n", "5", SNAKEMAKE, "--cores", "2", *common], cwd=local_dir,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    local_log = local_dir / "snakemake.out"  # a file, not a pipe nobody reads while the SLURM run goes on
+    with local_log.open("w") as out:
+        local = subprocess.Popen(["nice", "-n", "5", SNAKEMAKE, "--cores", "2", *common], cwd=local_dir,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    remote = subprocess.Popen(
+        ["timeout", "-s", "KILL", str(RUN_TIMEOUT), SNAKEMAKE, "--profile", "profiles/slurm",
+         # no accounting on the loopback cluster: sacct never sees a job finish
+         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
+         "--seconds-between-status-checks", "5", *common],
+        cwd=slurm_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        proc = subprocess.run(
-            ["timeout", "-s", "KILL", str(RUN_TIMEOUT), SNAKEMAKE, "--profile", "profiles/slurm",
-             # no accounting on the loopback cluster: sacct never sees a job finish
-             "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
-             "--seconds-between-status-checks", "5", *common],
-            cwd=slurm_dir, capture_output=True, text=True, check=False)
-        local_out, _ = local.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if local.poll() is None:
-            local.kill()
-            local.wait()
-    assert proc.returncode == 0, f"snakemake through SLURM failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    assert local.returncode == 0, f"the local run failed:\n{local_out}"
-    return Runs(slurm_dir, local_dir, proc.stdout + proc.stderr)
+        remote_out, _ = remote.communicate(timeout=RUN_TIMEOUT + 60)
+        local.wait(timeout=RUN_TIMEOUT)
+    finally:  # also when pytest-timeout interrupts: no snakemake is left polling or running jobs
+        for proc in (remote, local):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert remote.returncode == 0, f"snakemake through SLURM failed ({remote.returncode}):\n{remote_out}"
+    assert local.returncode == 0, f"the local run failed:\n{local_log.read_text()}"
+    return Runs(slurm_dir, local_dir, remote_out)
 
 
 def _job_ids(output: str) -> list[str]:
@@ -286,6 +310,17 @@ def test_profile_resources_reach_sbatch(cluster, runs):
         assert got["MinMemoryNode"] == f"{wanted['mem_mb']}M", (rule, got)
         assert got["NumCPUs"] == cpus, (rule, got)  # cpus_per_task = the rule's threads
     assert train["slurm_partition"] != defaults["slurm_partition"]  # the override is visible
+    # the GPU type comes from the profile, the count from the rule (`gpu`; the plugin assumes 1 if unset)
+    assert "gpu" not in job["preprocess_pose"].get("TresPerJob", "")
+    gpus = _rule_resources(runs.slurm_output, TRAIN_RULE).get("gpu", "1")
+    assert job[TRAIN_RULE]["TresPerJob"] == f"gres:gpu:{train['gpu_model']}:{gpus}", job[TRAIN_RULE]
+
+
+def _rule_resources(output: str, rule: str) -> dict[str, str]:
+    """The ``resources:`` line Snakemake printed for ``rule``'s job, as key -> value."""
+    block = re.search(rf"^rule {rule}:\n(?:    .*\n)*?    resources: (.*)$", output, re.MULTILINE)
+    assert block, f"no resources line for {rule}"
+    return dict(item.split("=", 1) for item in block.group(1).split(", "))
 
 
 def _minutes(runtime: int) -> str:
