@@ -1,9 +1,10 @@
 """The real Snakefile through ``--profile profiles/slurm`` on a one-node SLURM cluster on 127.0.0.1.
 
 The module fixture installs Debian's ``slurm-wlm`` and ``munge`` if missing (needs root), writes a
-``slurm.conf`` whose partitions are the ones the profile names, starts ``munged``, ``slurmctld`` and
-``slurmd`` in the foreground as child processes, and stops exactly those processes (by pid) when the
-module ends, also after a failure. Run with ``make test-slurm``.
+``slurm.conf`` whose partitions and GPU types are the ones the profile names (a stand-in GPU per type),
+starts ``munged``, ``slurmctld`` and ``slurmd`` in the foreground as child processes in their own
+sessions, and stops exactly those processes (by pid) when the module ends, also after a failure.
+Run with ``make test-slurm``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1200)]
 SLURM_CONF = Path("/etc/slurm/slurm.conf")  # job steps drop SLURM_CONF, so it must be the default path
 GRES_CONF = SLURM_CONF.with_name("gres.conf")
 CONF_MARKER = "# written by strata tests/test_slurm.py"
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
+SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
 PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
 TRAIN_RULE, TRAIN_RUN = "train_posevae", "pose"
 TARGETS = ("results/cache/ct/manifest.parquet", "results/cache/ct/reports.parquet",
@@ -60,7 +61,7 @@ class Cluster:
 
 def _ensure_installed() -> None:
     """apt-get install slurm-wlm and munge when a binary is missing; skip when that is impossible."""
-    if all(shutil.which(name) for name in DAEMONS):
+    if all(shutil.which(name) for name in SLURM_BINARIES):
         return
     if not shutil.which("apt-get"):
         pytest.skip("SLURM is not installed and there is no apt-get to install it")
@@ -70,7 +71,7 @@ def _ensure_installed() -> None:
     if proc.returncode != 0:  # stale package lists: refresh once and retry
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600, check=False)
         proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600, check=False)
-    if proc.returncode != 0 or not all(shutil.which(name) for name in DAEMONS):
+    if proc.returncode != 0 or not all(shutil.which(name) for name in SLURM_BINARIES):
         pytest.skip(f"apt-get could not install slurm-wlm and munge:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
