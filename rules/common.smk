@@ -115,7 +115,10 @@ def training_inputs(family):
     """Input function: the cached features a run of ``family`` trains on."""
 
     def inputs(wildcards):
-        if config["models"][family][wildcards.run]["data"] == "pose":
+        run = config["models"][family][wildcards.run]
+        if run.get("unit", "windows") == "sequences":
+            return {"sequences": "results/cache/pose/sequences.safetensors"}
+        if run["data"] == "pose":
             return {
                 "manifest": "results/cache/pose/manifest.parquet",
                 "shards": "results/cache/pose/shards",

@@ -57,6 +57,7 @@ rule preprocess_pose:
     output:
         shards=directory("results/cache/pose/shards"),
         manifest="results/cache/pose/manifest.parquet",
+        sequences="results/cache/pose/sequences.safetensors",
     log:
         "results/logs/preprocess_pose.log",
     benchmark:

@@ -99,8 +99,9 @@ def test_invalid_arguments_raise_with_a_message():
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_padded_frames_affect_neither_loss_nor_real_outputs(pooling):
-    m = model(pooling=pooling)
+@pytest.mark.parametrize("linear", [False, True])
+def test_padded_frames_affect_neither_loss_nor_real_outputs(pooling, linear):
+    m = model(pooling=pooling, linear_chunk_path=linear)
     x = torch.randn(2, 17, F)  # 4 chunks; sample 0 is real for 8 frames (chunks 3 and 4 all padding)
     frame_mask = torch.ones(2, 17, dtype=torch.bool)
     frame_mask[0, 8:] = False
@@ -121,8 +122,9 @@ def test_padded_frames_affect_neither_loss_nor_real_outputs(pooling):
     torch.testing.assert_close(alone[0], a[0, :8], rtol=1e-5, atol=1e-6)
 
 
-def test_missing_keypoints_contribute_nothing_to_the_loss():
-    m = model()
+@pytest.mark.parametrize("linear", [False, True])
+def test_missing_keypoints_contribute_nothing_to_the_loss(linear):
+    m = model(linear_chunk_path=linear)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 12, 1, F, generator=g)
     valid = (torch.rand(3, 12, 1, F, generator=g) > 0.3).to(torch.uint8)

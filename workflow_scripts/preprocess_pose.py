@@ -1,4 +1,5 @@
-"""Snakemake entry point of rule preprocess_pose: pose file -> window shards + manifest."""
+"""Snakemake entry point of rule preprocess_pose: pose file -> window shards + manifest
++ whole sequences."""
 
 from pathlib import Path
 
@@ -16,4 +17,5 @@ with snakemake_logging(snakemake.log[0]) as log:
         Path(snakemake.input.pose),
         Path(snakemake.output.shards),
         Path(snakemake.output.manifest),
+        Path(snakemake.output.sequences),
     )

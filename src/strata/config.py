@@ -255,11 +255,15 @@ class ModelRunConfig:
 
     ``architecture`` stays a mapping here (the schema has checked it); the family's own
     module turns it into its typed architecture config, so this module needs no torch.
+    ``unit`` is what one training sample is: a cached pose ``windows`` item (every family),
+    or a whole pose sequence of any length (``sequences``: pose VAE on pose data only;
+    batches are padded with a frame mask, never truncated).
     """
 
     data: Literal["pose", "ct"]
     architecture: dict[str, Any]
     train: TrainConfig
+    unit: Literal["windows", "sequences"] = "windows"
 
 
 @dataclass(frozen=True)

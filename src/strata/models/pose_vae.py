@@ -30,6 +30,15 @@ Method, top to bottom (one class per step):
    :class:`ChunkDecoder` (each chunk's conditioning broadcast to its ``L`` frames plus the
    frame-in-chunk encoding, local blocks inside the chunk, ``Linear`` -> pose [F]).
    The decoder sees nothing of ``x`` but ``z``, so all information passes the bottleneck.
+8. **Linear chunk path** (``linear_chunk_path``, optional): ``mu_n += Linear(chunk n's
+   [x * valid, valid], flattened)`` and ``pose of chunk n += Linear(z_n)`` (reshaped to its
+   L frames), beside the transformers and still through the same latent. Keypoints of a
+   rigid-ish body are linear in its centre and (cos, sin) of its heading, so this PCA-like
+   path carries position and within-chunk motion in a form that generalises to positions
+   not seen in training. On the demo (10 training sequences, beta 1e-5) held-out
+   reconstruction MSE was 0.0017 with it, below an oracle predicting each chunk's mean pose
+   (0.0035); without it the transformers stayed at 0.02-0.03 even after 3,000 steps (they
+   fit the training windows, 0.005, but not new positions).
 
 Loss (:meth:`PoseVAE.forward_loss`): mean squared error over observed keypoints of real
 frames (missing keypoints and padded frames contribute nothing) plus ``beta(step) * KL``.
@@ -98,6 +107,9 @@ class PoseVAEConfig:
             ``beta`` (0: ``beta`` from the first step).
         free_bits: minimum KL in nats per latent dimension (batch mean per chunk) below
             which the KL term gives no gradient; ``None`` disables free bits.
+        linear_chunk_path: add a linear path beside the transformers: ``Linear`` of a
+            chunk's frames (``[x * valid, valid]`` flattened) added to its posterior mean,
+            and ``Linear`` of a chunk's latent to its frames added to the decoded poses.
     """
 
     features: int
@@ -117,6 +129,7 @@ class PoseVAEConfig:
     beta: float
     kl_warmup_steps: int
     free_bits: float | None
+    linear_chunk_path: bool = False
 
 
 def check_config(config: PoseVAEConfig) -> None:
@@ -452,6 +465,10 @@ class PoseVAE(TrainableModel):
         self.chunk_decoder = ChunkDecoder(global_dim=c.global_dim, dim=c.local_dim, chunk_len=c.chunk_len,
                                           features=c.features, depth=c.decoder_local_depth, heads=c.local_heads,
                                           mlp_ratio=c.mlp_ratio, dropout=c.dropout)
+        self.linear_encoder = self.linear_decoder = None
+        if c.linear_chunk_path:
+            self.linear_encoder = nn.Linear(c.chunk_len * 2 * c.features, c.latent_dim)
+            self.linear_decoder = nn.Linear(c.latent_dim, c.chunk_len * c.features)
         # optimizer steps taken: drives the KL warm-up; a buffer, so checkpoints carry it
         self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.int64))
         self.apply(self._init_weights)
@@ -517,6 +534,10 @@ class PoseVAE(TrainableModel):
         chunk_mask = rearrange(frame_mask, "b (n l) -> b n l", l=L).any(-1)  # (B, N)
         summaries, global_maps = self.global_encoder(summaries, chunk_mask, return_attention)
         mu, logvar = self.heads(summaries)  # (B, N, Z) each
+        if self.linear_encoder is not None:
+            v = valid.to(x.dtype)
+            chunks = rearrange(torch.cat([x * v, v], dim=-1), "b (n l) f -> b n (l f)", l=L)  # (B, N, L*2F)
+            mu = mu + self.linear_encoder(chunks)
         local_maps = [rearrange(a, "(b n) h s r -> b n h s r", b=b) for a in local_maps]
         return Posterior(mu, logvar, chunk_mask, frame_mask, num_frames, local_maps, global_maps)
 
@@ -542,6 +563,8 @@ class PoseVAE(TrainableModel):
         condition, global_maps = self.global_decoder(z, chunk_mask, return_attention)  # (B, N, Dg)
         real = rearrange(frame_mask, "b (n l) -> (b n) l", l=L)
         poses, local_maps = self.chunk_decoder(rearrange(condition, "b n d -> (b n) d"), real, return_attention)
+        if self.linear_decoder is not None:
+            poses = poses + rearrange(self.linear_decoder(z), "b n (l f) -> (b n) l f", l=L)
         pose = rearrange(poses, "(b n) l f -> b (n l) f", b=b)[:, :num_frames]  # (B, T, F)
         attention = None
         if return_attention:

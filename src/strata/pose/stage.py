@@ -31,6 +31,18 @@ source_sha256      string   SHA-256 of the input file
 params_sha256      string   SHA-256 of the JSON of the preprocessing config
 =================  =======  ===================================================
 
+``<sequences>`` (optional, safetensors; what ``unit: sequences`` training runs read): every
+whole sequence, cleaned and normalised exactly as the windows are, never cut, concatenated
+along the frame axis:
+
+* ``x``       float32 ``[sum T_s, F]``, ``valid`` uint8 ``[sum T_s, F]``, ``labels`` int64
+  ``[sum T_s]``;
+* ``offsets`` int64 ``[S + 1]`` — sequence ``s`` is frames ``offsets[s]:offsets[s + 1]``;
+
+with metadata ``sequences`` (names, in sorted order), ``valid_fraction`` (per sequence),
+``source_sha256``, ``params`` and ``keypoints``. A sequence is kept when its observed
+fraction over the whole sequence is at least ``min_valid_fraction``.
+
 Sequences are processed in sorted name order, so two runs give identical bytes.
 """
 
@@ -84,6 +96,8 @@ class _SequencePlan:
     name: str
     starts: np.ndarray
     valid_fraction: np.ndarray
+    keep_sequence: bool  # whole-sequence observed fraction >= min_valid_fraction
+    sequence_valid_fraction: float
 
 
 def shard_name(index: int) -> str:
@@ -132,7 +146,8 @@ def _plan(
         starts = window_starts(seq.n_frames, cfg.window, cfg.stride)
         fraction = window_valid_fraction(observed, starts, cfg.window)
         keep = fraction >= cfg.min_valid_fraction
-        plans.append(_SequencePlan(name, starts[keep], fraction[keep]))
+        whole = float(observed.mean())
+        plans.append(_SequencePlan(name, starts[keep], fraction[keep], whole >= cfg.min_valid_fraction, whole))
     if sum(len(p.starts) for p in plans) == 0:
         raise PoseFormatError(
             f"{source}: no window has a valid fraction >= "
@@ -187,7 +202,11 @@ class _ShardWriter:
 
 
 def preprocess_pose(
-    cfg: PosePreprocessConfig, source: Path, shards_dir: Path, manifest: Path
+    cfg: PosePreprocessConfig,
+    source: Path,
+    shards_dir: Path,
+    manifest: Path,
+    sequences_file: Path | None = None,
 ) -> pd.DataFrame:
     """Read ``source``, cut windows per ``cfg`` and write shards and the manifest.
 
@@ -196,6 +215,8 @@ def preprocess_pose(
         source: pose file (``.npy`` MABe22 dict, ``.parquet`` or ``.csv`` long table).
         shards_dir: output directory of the shards (replaced atomically).
         manifest: output parquet path (see the module docstring for its schema).
+        sequences_file: if given, also write the whole sequences there (see the module
+            docstring); it is held in memory until written, as large as the cleaned input.
 
     Returns:
         The manifest table that was written.
@@ -222,10 +243,12 @@ def preprocess_pose(
 
     metadata = {"source_sha256": source_sha, "params": to_dict(cfg), "keypoints": list(KEYPOINTS)}
     rows = []
+    whole: list[tuple[str, float, np.ndarray, np.ndarray, np.ndarray]] = []
     with atomic_dir(shards_dir) as tmp_dir:
         writer = _ShardWriter(tmp_dir, cfg.shard_size, metadata)
         for plan in tqdm(plans, desc="preprocess_pose", unit="seq"):
-            if not len(plan.starts):
+            keep_whole = sequences_file is not None and plan.keep_sequence
+            if not len(plan.starts) and not keep_whole:
                 continue
             seq = sequences[plan.name]
             features, valid = prepare_sequence(
@@ -240,6 +263,10 @@ def preprocess_pose(
                 if seq.labels is not None
                 else np.full(seq.n_frames, UNKNOWN_LABEL, np.int64)
             )
+            if keep_whole:
+                whole.append((plan.name, plan.sequence_valid_fraction, features, valid, labels))
+            if not len(plan.starts):
+                continue
             label_windows = cut_windows(labels, plan.starts, cfg.window)
             writer.add(
                 cut_windows(features, plan.starts, cfg.window)[:, :, None, :],
@@ -280,4 +307,30 @@ def preprocess_pose(
     )
     write_parquet(table[list(MANIFEST_COLUMNS)], manifest)
     log.info("wrote manifest %s (%d rows)", manifest, len(table))
+    if sequences_file is not None:
+        _write_sequences(whole, Path(sequences_file), metadata, source)
     return table
+
+
+def _write_sequences(
+    whole: list[tuple[str, float, np.ndarray, np.ndarray, np.ndarray]],
+    path: Path,
+    metadata: dict[str, object],
+    source: Path,
+) -> None:
+    """Concatenate the kept whole sequences and write them atomically (module docstring)."""
+    if not whole:
+        raise PoseFormatError(f"{source}: no whole sequence has a valid fraction >= min_valid_fraction")
+    names, fractions, features, valid, labels = zip(*whole, strict=True)
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in features])]).astype(np.int64)
+    save_tensors(
+        {
+            "x": torch.from_numpy(np.concatenate(features)),
+            "valid": torch.from_numpy(np.concatenate(valid)),
+            "labels": torch.from_numpy(np.concatenate(labels).astype(np.int64)),
+            "offsets": torch.from_numpy(offsets),
+        },
+        path,
+        metadata={**metadata, "sequences": list(names), "valid_fraction": list(fractions)},
+    )
+    log.info("wrote %d whole sequences (%d frames) to %s", len(names), offsets[-1], path)

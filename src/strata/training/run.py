@@ -8,10 +8,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from strata.config import ModelRunConfig, config_sha256, to_dict
+from strata.config import ConfigError, ModelRunConfig, config_sha256, to_dict
 from strata.models.registry import FAMILIES, build_model
 from strata.training.checkpoint import run_meta
-from strata.training.datasets import CTVolumes, PoseWindows, data_hashes
+from strata.training.datasets import CTVolumes, PoseSequences, PoseWindows, data_hashes, pad_pose_sequences
 from strata.training.loop import RunSpec, device_and_autocast, train
 
 
@@ -30,8 +30,20 @@ class ChannelAxis(Dataset):
         return item
 
 
-def open_dataset(family: str, data: str, cache_dir: Path) -> tuple[Dataset, list[Path]]:
-    """The run's dataset and the manifests it depends on (``cache_dir`` = results/cache)."""
+def open_dataset(family: str, data: str, cache_dir: Path, unit: str = "windows") -> tuple[Dataset, list[Path]]:
+    """The run's dataset and the manifests it depends on (``cache_dir`` = results/cache).
+
+    ``unit="sequences"`` (pose VAE on pose data): whole sequences of any length, batched
+    with :func:`strata.training.datasets.pad_pose_sequences`.
+    """
+    if unit == "sequences":
+        if data != "pose" or FAMILIES[family].pose_layout != "sequence":
+            raise ConfigError(f"models.{family}: unit 'sequences' needs data 'pose' and a sequence model "
+                              f"(posevae), got data {data!r} for {family!r}")
+        path = cache_dir / "pose" / "sequences.safetensors"
+        return PoseSequences(path), [path]
+    if unit != "windows":
+        raise ConfigError(f"models.{family}: unit must be 'windows' or 'sequences', got {unit!r}")
     if data == "pose":
         manifest = cache_dir / "pose" / "manifest.parquet"
         dataset: Dataset = PoseWindows(manifest, cache_dir / "pose" / "shards")
@@ -44,7 +56,7 @@ def open_dataset(family: str, data: str, cache_dir: Path) -> tuple[Dataset, list
 
 def train_run(family: str, run: str, cfg: ModelRunConfig, seed: int, cache_dir: Path, run_dir: Path) -> pd.DataFrame:
     """Build the model (seeded), open its data and train it with the shared loop."""
-    dataset, manifests = open_dataset(family, cfg.data, cache_dir)
+    dataset, manifests = open_dataset(family, cfg.data, cache_dir, cfg.unit)
     torch.manual_seed(seed)
     model = build_model(family, cfg.architecture, where=f"models.{family}.{run}.architecture")
     config = {"family": family, "run": run, **to_dict(cfg)}
@@ -53,4 +65,4 @@ def train_run(family: str, run: str, cfg: ModelRunConfig, seed: int, cache_dir: 
     device, _ = device_and_autocast(cfg.train.precision)
     spec = RunSpec(train=cfg.train, seed=seed, run_dir=run_dir, meta=run_meta(config, seed, hashes, device),
                    architecture=cfg.architecture, fingerprint=fingerprint)
-    return train(model, dataset, spec)
+    return train(model, dataset, spec, collate_fn=pad_pose_sequences if cfg.unit == "sequences" else None)
