@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -105,3 +106,18 @@ def test_resume_state_of_another_config_is_discarded(tmp_path):
         train(fresh_model(fail_at=12), dataset(), spec(tmp_path, fingerprint="old"))
     store = CheckpointStore(tmp_path, "new")
     assert store.latest() is None and not (tmp_path / "resume").exists()
+
+
+def test_resumed_run_restores_the_checkpoints_its_rerun_deleted(tmp_path):
+    """Snakemake deletes a job's declared outputs (``checkpoints/``) before re-running it;
+    the resumed run must still end with every checkpoint, equal to an uninterrupted run's."""
+    train(fresh_model(), dataset(), spec(tmp_path / "straight"))
+    with pytest.raises(Interrupted):
+        train(fresh_model(fail_at=25), dataset(), spec(tmp_path / "resumed"))
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints")  # what Snakemake does before the retry
+    train(fresh_model(), dataset(), spec(tmp_path / "resumed"))
+    assert sorted(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [10, 20, 30]
+    for step in (10, 20, 30):
+        for name in (WEIGHTS, "meta.json"):
+            a = (tmp_path / "straight" / "checkpoints" / str(step) / name).read_bytes()
+            assert a == (tmp_path / "resumed" / "checkpoints" / str(step) / name).read_bytes(), (step, name)

@@ -10,7 +10,8 @@ Layout of a run directory ``results/<family>/<run>/``::
 
 Snakemake deletes a job's declared outputs before it re-runs it (after a crash, a kill,
 or a cluster's wall time); ``resume/`` is not a declared output, so a re-run finds the
-last complete state there and continues. A finished run removes ``resume/``, so a forced
+last complete state there, re-creates the earlier ``checkpoints/<step>`` from it and
+continues. A finished run removes ``resume/``, so a forced
 re-run trains from scratch. ``training_state.pt`` is read with ``weights_only=True``:
 it holds tensors and plain containers only.
 """
@@ -94,11 +95,26 @@ class CheckpointStore:
             (tmp / META).write_text(json.dumps({**meta, "step": step, "fingerprint": self.fingerprint},
                                                indent=2, sort_keys=True) + "\n")
             write_parquet(log, tmp / LOG)
+        return self._publish(step)
+
+    def _publish(self, step: int) -> Path:
+        """``checkpoints/<step>`` from ``resume/<step>`` (hard links, atomically)."""
         final = self.checkpoints / str(step)
         with atomic_dir(final) as tmp:
             for name in (WEIGHTS, STATE, META):
                 _link_or_copy(self.resume_dir / str(step) / name, tmp / name)
         return final
+
+    def restore_checkpoints(self, step: int) -> list[int]:
+        """Re-create the declared ``checkpoints/<s>`` of every resume state ``s <= step``
+        that lost it (Snakemake deletes a job's outputs before re-running it, so a resumed
+        run would otherwise end without its earlier checkpoints). Returns the steps restored."""
+        restored = []
+        for path in sorted(self.resume_dir.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
+            if path.name.isdigit() and int(path.name) <= step and not (self.checkpoints / path.name).exists():
+                self._publish(int(path.name))
+                restored.append(int(path.name))
+        return restored
 
     def latest(self) -> ResumeState | None:
         """The last complete resume state written by a run with the same fingerprint."""

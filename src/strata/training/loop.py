@@ -198,6 +198,8 @@ def _train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
     if not dist_info.is_main:
         resumed = store.latest()
     if resumed is not None:
+        if dist_info.is_main:
+            store.restore_checkpoints(resumed.step)
         model.load_state_dict(resumed.model)
         optimizer.load_state_dict(resumed.training["optimizer"])
         scheduler.load_state_dict(resumed.training["scheduler"])
