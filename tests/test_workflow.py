@@ -75,7 +75,7 @@ def runs_on(data: str) -> dict[str, int]:
 def upstream(plan: dict[str, int]) -> dict[str, int]:
     """The plan without the per-checkpoint stages that follow every training."""
     return {k: v for k, v in plan.items()
-            if k not in {"generate", "evaluate", "figures", "figures_posevae", "summarize", "all"}}
+            if k not in {"generate", "evaluate", "figures", "figures_posevae", "figures_reg2rg", "summarize", "all"}}
 
 
 def test_pose_only_change_reruns_only_pose_rules(demo_run):
@@ -194,3 +194,28 @@ def test_one_evaluation_target_is_up_to_date_after_a_full_run(demo_run):
 def test_until_preprocess_ct_stops_there(tmp_path):
     workdir = copy_workflow(tmp_path)
     assert planned_jobs(workdir, "--until", "preprocess_ct") == {"demo_data_ct": 1, "preprocess_ct": len(PLANS)}
+
+
+def test_reg2rg_reports_and_metrics_of_held_out_studies(demo_run):
+    """Every Reg2RG epoch is generated and scored on the held-out studies, which it never trained on."""
+    import json
+
+    from strata.reg2rg.split import held_out_studies
+
+    held_out = held_out_studies([p.study_id for p in PLANS], CFG.reg2rg.split)
+    epochs = CFG.reg2rg.train.checkpoint_epochs()
+    run = demo_run / "results" / "reg2rg" / CFG.reg2rg.run
+    trained = json.loads((run / "checkpoints" / str(epochs[-1]) / "meta.json").read_text())["data_sha256"]
+    assert held_out and not set(held_out) & set(trained)
+    for epoch in epochs:
+        out = pd.read_parquet(run / "generate" / str(epoch) / "outputs.parquet")
+        assert sorted(out.loc[out["region"] == "", "study_id"]) == held_out
+        assert json.loads(out["decoding"].iloc[0])["max_new_tokens"] == CFG.reg2rg.generation.max_new_tokens
+    summary = pd.read_parquet(demo_run / "results" / "summary" / "metrics.parquet")
+    reg2rg = summary[summary["family"] == "reg2rg"]
+    assert reg2rg["step"].tolist() == epochs
+    for name in ("bleu1", "bleu4", "meteor", "rouge_l"):
+        assert reg2rg[name].between(0, 1).all() and reg2rg[f"{name}_corpus"].between(0, 1).all()
+    assert reg2rg["finding_accuracy"].between(0, 1).all()
+    assert (reg2rg["n_studies"] == len(held_out)).all()
+    assert (demo_run / "results" / "figures" / "reg2rg" / CFG.reg2rg.run / "reports.png").is_file()
