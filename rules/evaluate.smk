@@ -16,7 +16,7 @@ rule evaluate:
         run=evaluated_runs(),
         step="[0-9]+",
     conda:
-        "../envs/torch.yaml"
+        "../envs/evaluate.yaml"
     threads: 1
     params:
         data=run_data,
@@ -52,7 +52,7 @@ rule summarize:
     benchmark:
         "results/benchmarks/summarize.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/evaluate.yaml"
     params:
         best_checkpoint=config_subset("evaluation", "best_checkpoint"),
     script:

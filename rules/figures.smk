@@ -42,7 +42,7 @@ rule figures:
         family=evaluated_families(),
         run=evaluated_runs(),
     conda:
-        "../envs/torch.yaml"
+        "../envs/evaluate.yaml"
     threads: 1
     params:
         data=run_data,
@@ -83,7 +83,7 @@ rule figures_posevae:
         family="posevae",
         run=evaluated_runs(),
     conda:
-        "../envs/torch.yaml"
+        "../envs/evaluate.yaml"
     threads: 1
     params:
         best=best_rule,
@@ -113,7 +113,7 @@ rule figures_reg2rg:
         family="reg2rg",
         run=evaluated_runs(),
     conda:
-        "../envs/torch.yaml"
+        "../envs/evaluate.yaml"
     threads: 1
     params:
         best=best_rule,
