@@ -28,11 +28,20 @@ from strata.training.run import open_dataset, train_run
 from conftest import DEFAULT_CONFIG, copy_workflow, run_snakemake
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A tiny model: one thread is as fast as two here and much faster on a busy machine
+    (two OpenMP threads competing with other jobs for 2 cores slow a step down ~10x)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> float:
     return float((((pred - target) ** 2) * valid).sum() / valid.sum())
 
 
-@pytest.mark.slow  # 600 steps of the demo config: ~1 min on an idle 2-core machine, much more under load
 def test_reconstruction_of_held_out_sequences_beats_the_mean_pose(tmp_path, pose_cache):
     """Train on the windows of 10 demo sequences; on the 2 held-out sequences the
     reconstruction error (observed keypoints only) is far below predicting each
