@@ -176,6 +176,12 @@ def reg2rg_train_inputs(wildcards):
     }
 
 
+def reg2rg_training_section():
+    """Params of train_reg2rg: the reg2rg section without the decoding settings, so a
+    change of ``reg2rg.generation`` re-runs generation only, never the training."""
+    return {k: v for k, v in config_subset("reg2rg").items() if k != "generation"}
+
+
 def reg2rg_gpus(wildcards):
     """Resource function: GPUs of train_reg2rg (``reg2rg.gpus``)."""
     return CFG.reg2rg.gpus

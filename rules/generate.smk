@@ -25,7 +25,7 @@ rule generate:
     params:
         data=run_data,
         generation=generation_params,
+        reg2rg=reg2rg_generation,
         pose_test_sequences=config["evaluation"]["probe"]["pose_test_sequences"],
     script:
-        reg2rg=reg2rg_generation,
         "../workflow_scripts/generate.py"

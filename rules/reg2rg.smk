@@ -60,7 +60,7 @@ rule train_reg2rg:
     resources:
         gpu=reg2rg_gpus,
     params:
-        reg2rg=config_subset("reg2rg"),
+        reg2rg=reg2rg_training_section(),
         seed=config["seed"],
     script:
         "../workflow_scripts/reg2rg_train.py"

@@ -219,3 +219,10 @@ def test_reg2rg_reports_and_metrics_of_held_out_studies(demo_run):
     assert reg2rg["finding_accuracy"].between(0, 1).all()
     assert (reg2rg["n_studies"] == len(held_out)).all()
     assert (demo_run / "results" / "figures" / "reg2rg" / CFG.reg2rg.run / "reports.png").is_file()
+
+
+def test_reg2rg_decoding_change_regenerates_without_retraining(demo_run):
+    cfg = override(demo_run, "reg2rg_decoding", reg2rg__generation__max_new_tokens=150)
+    plan = planned_jobs(demo_run, "--configfile", cfg)
+    epochs = CFG.reg2rg.train.epochs
+    assert "train_reg2rg" not in plan and plan["generate"] == plan["evaluate"] == epochs, plan

@@ -271,6 +271,6 @@ class Reg2RGConfig:
     data: Reg2RGDataConfig
     train: Reg2RGTrainConfig
     deepspeed: Path | None
-    generation: GenerationConfig
+    generation: GenerationConfig | None = None  # not needed to train (the train rule leaves it out)
     split: Reg2RGSplitConfig | None = None
     gpus: int = 0
