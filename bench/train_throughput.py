@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -116,7 +117,7 @@ def hiera3d(args: argparse.Namespace) -> Workload:
         reference=reference)
 
 
-def reference_hbehavemae_step(checkout: Path, config: "Hiera3DConfig", x: torch.Tensor) -> Callable[[], None]:
+def reference_hbehavemae_step(checkout: Path, config: Any, x: torch.Tensor) -> Callable[[], None]:
     """One forward + backward of the reference ``HBehaveMAE`` (amathislab/BehaveMAE) at ``config``.
 
     ``checkout`` is a local clone of the reference repository; its model code is imported

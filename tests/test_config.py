@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, copy_workflow, run_snakemake
 
 from strata.config import ConfigError, StrataConfig, from_dict, load_config
 from strata.schema import validate_config
-
-from conftest import REPO, copy_workflow, run_snakemake
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from conftest import SMALL_SPACING, SmallStudy, small_ct_config
 from safetensors.torch import load_file
 
 from strata.ct.demo import lps_affine, write_dicom_series, write_nifti
@@ -19,8 +20,6 @@ from strata.ct.layout import dicom_slice_name
 from strata.ct.load import load_volume
 from strata.ct.preprocess import run_preprocess_ct
 from strata.ct.reports import read_reports
-
-from conftest import SMALL_SPACING, SmallStudy, small_ct_config
 
 
 def run(study: SmallStudy, **cfg_changes: object) -> None:

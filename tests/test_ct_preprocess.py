@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import small_ct_config, write_small_study
 from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage, Orientation, Spacing
 from safetensors.torch import load_file
@@ -14,8 +15,6 @@ from strata.ct.load import load_volume
 from strata.ct.preprocess import MANIFEST_COLUMNS, preprocess_study, region_crops, run_preprocess_ct
 from strata.ct.regions import REGION_INDEX, REGIONS
 from strata.ct.resample import resample_to_spacing
-
-from conftest import small_ct_config, write_small_study
 
 
 def test_dicom_and_nifti_routes_give_the_same_cache(tmp_path):

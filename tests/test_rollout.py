@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from strata.rollout import (layer_matrix, minmax_rows, pooling_assignment, rollout, row_normalise,
-                            temporal_rollout)
+from strata.rollout import (
+    layer_matrix,
+    minmax_rows,
+    pooling_assignment,
+    rollout,
+    row_normalise,
+    temporal_rollout,
+)
 
 
 def random_attention(rng: np.random.Generator, *shape: int) -> np.ndarray:

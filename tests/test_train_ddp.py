@@ -30,10 +30,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from conftest import DEFAULT_CONFIG, copy_workflow, run_snakemake
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import DEFAULT_CONFIG, copy_workflow, run_snakemake
 from strata.training.checkpoint import LOG, META, STATE, WEIGHTS
 from strata.training.distributed import DistInfo
 from strata.training.loop import _check_replicas_agree

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import subprocess
@@ -13,12 +12,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from conftest import DEFAULT_CONFIG
 
-from strata.config import ModelRunConfig, from_dict, load_config
+from strata.config import ModelRunConfig, load_config
 from strata.training.checkpoint import WEIGHTS
 from strata.training.run import open_dataset, train_run
-
-from conftest import DEFAULT_CONFIG
 
 
 def write_config(path: Path, total_steps: int, save_every: int) -> Path:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import DEFAULT_CONFIG, copy_workflow, run_snakemake
 from safetensors.torch import load_file
 from torch.utils.data import Subset
 
@@ -24,8 +25,6 @@ from strata.training.checkpoint import WEIGHTS
 from strata.training.datasets import pad_pose_sequences
 from strata.training.loop import RunSpec, train
 from strata.training.run import open_dataset, train_run
-
-from conftest import DEFAULT_CONFIG, copy_workflow, run_snakemake
 
 
 @pytest.fixture(autouse=True)

@@ -10,14 +10,13 @@ import pandas as pd
 import pydicom
 import pytest
 import yaml
+from conftest import REPO, copy_workflow, planned_jobs, run_snakemake
 from safetensors.torch import load_file
 from scipy.ndimage import binary_erosion
 
 from strata.config import StrataConfig, from_dict
 from strata.ct.demo_plan import demo_plan, nodule_size_class
 from strata.ct.regions import REGION_INDEX
-
-from conftest import REPO, copy_workflow, planned_jobs, run_snakemake
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 CFG = from_dict(StrataConfig, DEFAULT)

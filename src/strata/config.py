@@ -69,7 +69,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is dict:
-        key_type, value_type = typing.get_args(tp)
+        _, value_type = typing.get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         if value_type is Any:

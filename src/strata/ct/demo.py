@@ -20,7 +20,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from tqdm import tqdm
@@ -63,7 +62,7 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], fi
     kx, ky, kz = fx / 160.0, fy / 160.0, fz / 144.0
     jitter = rng.normal(0.0, 4.0, size=3)
 
-    body = ((x / (150 * kx)) ** 2 + (y / (110 * ky)) ** 2 <= 1.0) & (z == z)
+    body = ((x / (150 * kx)) ** 2 + (y / (110 * ky)) ** 2 <= 1.0) & (z == z)  # noqa: PLR0124 (broadcasts the 2-D body outline along z)
     heart_r = (62, 52, 55) if findings.cardiomegaly else (45, 40, 45)
     heart = _ellipsoid(x, y, z, (-15 * kx, 25 * ky, -20 * kz), (heart_r[0] * kx, heart_r[1] * ky, heart_r[2] * kz))
     lungs = {side: _ellipsoid(x, y, z, (sign * 65 * kx + jitter[0], -10 * ky, 10 * kz + jitter[2]),
@@ -153,7 +152,7 @@ def write_dicom_series(hu: np.ndarray, spacing: tuple[float, float, float], fold
     x0, y0, z0 = (-(n - 1) / 2.0 * s for n, s in zip(hu.shape, spacing))
     lps = hu[::-1, ::-1, :]  # [x_lps, y_lps, z]
     stored = np.round(lps - RESCALE_INTERCEPT).astype(np.int16)
-    uid = lambda *parts: generate_uid(entropy_srcs=[str(seed), study_id, *map(str, parts)])  # noqa: E731
+    uid = lambda *parts: generate_uid(entropy_srcs=[str(seed), study_id, *map(str, parts)])
     study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame")
     paths = []
     for instance, k in enumerate(range(n_z - 1, -1, -1), start=1):

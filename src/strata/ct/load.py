@@ -65,7 +65,7 @@ def load_volume(kind: Literal["nifti", "dicom"], files: list[Path], cfg: CTPrepr
                                       dtype=np.float32), source)
     except CTInputError:
         raise
-    except Exception as err:  # noqa: BLE001 - any reader failure becomes an error naming the source
+    except Exception as err:
         raise CTInputError(f"{source}: cannot read volume ({type(err).__name__}: {err})") from err
     if image.ndim != 4 or image.shape[0] != 1:
         raise CTInputError(f"{source}: expected a single-channel 3-D volume, got shape {tuple(image.shape)}")
@@ -112,7 +112,7 @@ def load_masks(masks: dict[str, Path], reference: MetaTensor) -> tuple[MetaTenso
             raise CTInputError(f"{path}: {region!r} is not one of the regions {list(REGIONS)}")
         try:
             raw = _quiet_load(loader, str(path))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise CTInputError(f"{path}: cannot read mask ({type(err).__name__}: {err})") from err
         mask = RAS(raw)
         if tuple(mask.shape[1:]) != tuple(reference.shape[1:]):

@@ -37,11 +37,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from strata.ct.demo_plan import DemoFindings
 from strata.evaluation.config import ProbeConfig
 from strata.evaluation.data import held_out_sequences, pose_windows
-from strata.ct.demo_plan import DemoFindings
 from strata.evaluation.posevae import vae_metrics
-from strata.evaluation.reg2rg import reg2rg_metrics
 from strata.evaluation.probes import (
     ProbeResult,
     cross_validated_probe,
@@ -49,6 +48,7 @@ from strata.evaluation.probes import (
     split_probe,
     stratified_folds,
 )
+from strata.evaluation.reg2rg import reg2rg_metrics
 
 COLUMNS = ("family", "run", "step", "level", "metric", "value")
 CT_FINDINGS = ("nodule_size", "cardiomegaly", "effusion")

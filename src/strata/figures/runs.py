@@ -29,7 +29,12 @@ from strata.figures.ct import ct_rollout_figure
 from strata.figures.curves import loss_figure, metric_figure
 from strata.figures.pose import pose_rollout_figure, reconstruction_figure, samples_figure
 from strata.figures.reports import reports_figure
-from strata.figures.rollout_maps import hiera3d_rollout, hjepa_rollout, posevae_rollout, reg2rg_rollout
+from strata.figures.rollout_maps import (
+    hiera3d_rollout,
+    hjepa_rollout,
+    posevae_rollout,
+    reg2rg_rollout,
+)
 from strata.io.atomic import atomic_path
 from strata.models.reg2rg.mask_encoder import build_encoders
 from strata.reg2rg.config import Reg2RGConfig

@@ -54,7 +54,7 @@ def package_versions() -> dict[str, str | None]:
 def git_commit(cwd: Path | None = None) -> str | None:
     """The checkout's commit, or None outside a git work tree."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

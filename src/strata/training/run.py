@@ -11,7 +11,13 @@ from torch.utils.data import Dataset
 from strata.config import ConfigError, ModelRunConfig, config_sha256, to_dict
 from strata.models.registry import FAMILIES, build_model
 from strata.training.checkpoint import run_meta
-from strata.training.datasets import CTVolumes, PoseSequences, PoseWindows, data_hashes, pad_pose_sequences
+from strata.training.datasets import (
+    CTVolumes,
+    PoseSequences,
+    PoseWindows,
+    data_hashes,
+    pad_pose_sequences,
+)
 from strata.training.loop import RunSpec, device_and_autocast, train
 
 
