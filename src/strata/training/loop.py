@@ -180,9 +180,6 @@ def _train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
            collate_fn: Callable[[list[Batch]], Batch] | None, dist_info: DistInfo) -> pd.DataFrame:
     cfg, optim_cfg = spec.train, spec.train.optim
     world, rank = dist_info.world_size, dist_info.rank
-    if cfg.batch_size % world:
-        raise ValueError(f"{spec.run_dir}: train.batch_size {cfg.batch_size} does not split over {world} "
-                         "processes; make it a multiple of the GPU count")
     torch.manual_seed(spec.seed)
     device, autocast = device_and_autocast(cfg.precision, dist_info.local_rank)
     model.to(device)
