@@ -1,4 +1,4 @@
-"""Pose VAE peak memory of one forward + backward against sequence length (SPEC section 8).
+"""Pose VAE peak memory of one forward + backward against sequence length (docs/design.md §8).
 
 Target: doubling T (1k -> 2k -> 4k -> 8k frames) costs at most 2.2x peak memory for the
 chunked model. Baseline in the same run: the same model with ``chunk_len = T`` (one chunk,

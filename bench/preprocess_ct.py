@@ -1,6 +1,6 @@
-"""CT preprocessing throughput: our path against a plain per-volume MONAI ``Compose`` (SPEC section 8).
+"""CT preprocessing throughput: our path against a plain per-volume MONAI ``Compose`` (docs/design.md §8).
 
-Target (SPEC section 8, first row): volumes/s on 512 x 512 x >=100-slice DICOM series is at
+Target (docs/design.md §8, first row): volumes/s on 512 x 512 x >=100-slice DICOM series is at
 least 1.5x that of a plain per-volume MONAI dictionary ``Compose`` of the same transforms,
 with equal output.
 

@@ -1,6 +1,6 @@
 """Reg2RG training steps/s with the token cache vs recomputing the frozen ViT every step.
 
-SPEC section 8 target: >= 5x steps/s with the token cache at the tiny config, against the
+docs/design.md §8 target: >= 5x steps/s with the token cache at the tiny config, against the
 original design (global volume + 10 region crops through the frozen ViT-3D, and every
 region mask through the mask encoder, in every step).
 

@@ -1,6 +1,6 @@
 """Attention rollout: ours (batched over frames and heads) vs a per-frame numpy loop.
 
-SPEC section 8: 24 layers x 433 x 433 attention x 64 frames; target >= 10x over the
+docs/design.md §8: 24 layers x 433 x 433 attention x 64 frames; target >= 10x over the
 reference procedure run frame by frame in numpy (vit-explain / attention_flow style:
 ``result = eye(N)``; per layer mean over heads, ``+ I``, row-normalise, ``result = a @ result``;
 ``np.eye`` is float64, so the reference accumulates in float64, as written). The same loop

@@ -1,4 +1,4 @@
-"""Training throughput of a model family at its full config (SPEC section 8).
+"""Training throughput of a model family at its full config (docs/design.md §8).
 
 Targets (hierarchical ViT-3D row): forward + backward samples/s at 400 x 1 x 72 is at
 least 1.3x that of the same model on the explicit (non-fused) attention path; achieved
@@ -30,7 +30,7 @@ New families plug in with :func:`register` (a builder returning a :class:`Worklo
 
 With ``--reference DIR`` (a local clone of amathislab/BehaveMAE) the reference
 ``HBehaveMAE`` training step at the same config is timed in the same alternating rounds
-(SPEC 8: ours must not be slower).
+(docs/design.md §8: ours must not be slower).
 
 Run (from the repository root)::
 

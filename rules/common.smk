@@ -1,10 +1,20 @@
 # Typed config, the study table and target lists; rules stay free of lambdas.
 from strata.config import StrataConfig, from_dict
 from strata.ct.layout import demo_studies, discover_studies
-from strata.schema import check_data_paths
 from strata.reg2rg.split import held_out_studies, training_studies
+from strata.reg2rg.weight_paths import all_weights, weight_problems
+from snakemake.logging import logger
 
-check_data_paths(config, source="config")
+
+def workflow_file(path):
+    """A project file the config names by a relative path (config/deepspeed/zero2.json):
+    the working directory's copy if there is one, else the workflow's own."""
+    if path and not Path(path).exists() and (Path(workflow.basedir) / path).exists():
+        return str(Path(workflow.basedir) / path)
+    return path
+
+
+config["reg2rg"]["deepspeed"] = workflow_file(config["reg2rg"]["deepspeed"])
 CFG = from_dict(StrataConfig, config, where="config")
 
 if CFG.data.demo:
@@ -13,6 +23,16 @@ else:
     STUDIES = discover_studies(CFG.data.ct)
 STUDY = {study.study_id: study for study in STUDIES}
 STUDY_IDS = sorted(STUDY)
+
+# Reg2RG needs published weights; while any is missing the default target leaves it out
+# (the other families still run) and its rules, asked for by name, fail naming the key.
+REG2RG_PROBLEMS = weight_problems(all_weights(CFG.reg2rg))
+REG2RG = None if REG2RG_PROBLEMS else config["reg2rg"]
+if REG2RG_PROBLEMS:
+    logger.warning(
+        "Reg2RG is left out of the default target (the other families run):\n  "
+        + "\n  ".join(REG2RG_PROBLEMS)
+    )
 
 
 wildcard_constraints:
@@ -69,7 +89,7 @@ def final_targets():
         "results/cache/pose/manifest.parquet",
         *training_targets(),
         *reg2rg_targets(),
-        *evaluation_final_targets(config["models"], config.get("reg2rg")),
+        *evaluation_final_targets(config["models"], REG2RG),
     ]
 
 
@@ -139,32 +159,33 @@ def training_targets():
 # --------------------------------------------------------------------------- Reg2RG
 
 
+def existing(*paths):
+    """The given paths that exist: published weights are inputs (a changed file re-runs
+    its jobs), but a missing one must not stop the DAG; the job itself then names it."""
+    return [str(p) for p in paths if p and Path(p).exists()]
+
+
 def reg2rg_weight_inputs():
     """Published weight files the frozen encoders read (none in the demo)."""
     section = config["reg2rg"]
-    paths = [section["encoder"]["vit_weights"], section["checkpoint"]]
-    return [p for p in paths if p]
+    return existing(section["encoder"]["vit_weights"], section["checkpoint"])
 
 
 def reg2rg_tokenizer_inputs(wildcards):
-    pretrained = config["reg2rg"]["tokenizer"]["pretrained"]
     return {
         "reports": "results/cache/ct/reports.parquet",
-        "base": [pretrained] if pretrained else [],
+        "base": existing(config["reg2rg"]["tokenizer"]["pretrained"]),
     }
 
 
 def reg2rg_train_inputs(wildcards):
     section = config["reg2rg"]
-    extra = [
-        p
-        for p in (
-            section["deepspeed"],
-            section["adapter_weights"],
-            section["checkpoint"],
-        )
-        if p
-    ]
+    extra = existing(
+        section["deepspeed"],
+        section["adapter_weights"],
+        section["checkpoint"],
+        section["llm"]["pretrained"],
+    )
     return {
         "tokenizer": "results/reg2rg/tokenizer",
         "reports": "results/cache/ct/reports.parquet",
@@ -200,5 +221,6 @@ def generate_gpus(wildcards):
 
 
 def reg2rg_targets():
-    """Final outputs of the Reg2RG chain (the train rule's step log and checkpoints)."""
-    return [f"results/reg2rg/{config['reg2rg']['run']}/train_log.parquet"]
+    """Final outputs of the Reg2RG chain (the train rule's step log and checkpoints);
+    none while its weights are missing."""
+    return [f"results/reg2rg/{REG2RG['run']}/train_log.parquet"] if REG2RG else []

@@ -5,6 +5,7 @@ from strata.ct.demo_plan import demo_plan, nodule_size_class
 from dataclasses import asdict
 
 from strata.evaluation.targets import (
+    EMBEDDING_FAMILIES,
     evaluation_final_targets,
     model_checkpoints,
     reg2rg_checkpoints,
@@ -13,9 +14,7 @@ from strata.evaluation.targets import (
 
 def all_checkpoints():
     """(family, run, step) of every scheduled checkpoint: config["models"] and Reg2RG."""
-    return model_checkpoints(
-        config.get("models", {}), reg2rg_checkpoints(config.get("reg2rg"))
-    )
+    return model_checkpoints(config.get("models", {}), reg2rg_checkpoints(REG2RG))
 
 
 def evaluated(family):
@@ -120,12 +119,24 @@ def evaluate_demo_findings(wildcards):
 
 
 def evaluate_inputs(wildcards):
-    return {
+    inputs = {
         "generated": "results/{family}/{run}/generate/{step}/outputs.parquet".format(
             **wildcards
         ),
         **cache_inputs(wildcards),
     }
+    labels = pose_task_labels(wildcards)
+    if labels:
+        inputs["labels"] = labels
+    return inputs
+
+
+def pose_task_labels(wildcards):
+    """The MABe22-format label file (data.pose.labels) for pose embedding runs, else None:
+    an input of their evaluate jobs only, so a label change re-runs just those."""
+    if wildcards.family not in EMBEDDING_FAMILIES or run_data(wildcards) != "pose":
+        return None
+    return config["data"]["pose"].get("labels") or None
 
 
 def all_metrics():

@@ -1,4 +1,4 @@
-# Per-checkpoint evaluation (SPEC stage 6) and the summary over all checkpoints.
+# Per-checkpoint evaluation (docs/design.md section 2.6) and the summary over all checkpoints.
 # Helpers: rules/common_outputs.smk.
 
 

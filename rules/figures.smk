@@ -1,4 +1,4 @@
-# Figures (SPEC stage 7), one job per run, collected in the HTML report
+# Figures (docs/design.md section 2.7), one job per run, collected in the HTML report
 # (snakemake --report report.html): rollout overlays, loss and metric curves, pose VAE samples,
 # Reg2RG sample reports.
 # Helpers: rules/common_outputs.smk.

@@ -1,4 +1,4 @@
-# Per-checkpoint generation (SPEC stage 5): one job per (family, run, checkpoint step).
+# Per-checkpoint generation (docs/design.md section 2.5): one job per (family, run, checkpoint step).
 # Every step is known from the config's schedule (strata.evaluation.targets). A killed job
 # resumes from its part files in results/<family>/<run>/generate/.work-<step>/.
 # Helpers: rules/common_outputs.smk.

@@ -1,4 +1,4 @@
-# Reg2RG (SPEC 4.4): tokenizer -> frozen-encoder token cache (one job per study) -> training.
+# Reg2RG (docs/design.md section 4.4): tokenizer -> frozen-encoder token cache (one job per study) -> training.
 # One token-cache job per study, like preprocess_ct: a changed study re-runs only its own
 # encoding, and cluster profiles can bundle the short jobs with Snakemake's `group:`.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_workflow, run_snakemake
+from conftest import REPO, copy_workflow, planned_jobs, run_snakemake
 
 from strata.config import ConfigError, StrataConfig, from_dict, load_config
 from strata.schema import validate_config
@@ -38,12 +38,14 @@ def test_shipped_configs_are_valid(path):
 
 
 CASES = [
-    (changed(preprocess__pose__windw=64), r"'windw' was unexpected"),
+    (changed(preprocess__pose__windw=64), r"key preprocess\.pose\.windw: unknown key"),
     (changed(preprocess__pose__window="abc"), r"preprocess\.pose\.window: 'abc' is not of type 'integer'"),
     (changed(preprocess__ct__on_missing_slice="ignore"), r"preprocess\.ct\.on_missing_slice: 'ignore' is not one of"),
     (changed(preprocess__ct__shape=[64, 64]), r"preprocess\.ct\.shape"),
-    (changed(seed=None), r"'seed' is a required property"),
+    (changed(seed=None), r"key seed: missing"),
     (changed(data__demo=False, data__ct__nifti_root="does/not/exist"), r"data\.ct\.nifti_root: data path"),
+    (changed(monitor__log_evry=5), r"key monitor\.log_evry: unknown key"),
+    (changed(monitor__log_every=0), r"monitor\.log_every: 0 is less than the minimum"),
 ]
 
 
@@ -76,8 +78,8 @@ def workflow(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(("config", "needle"), [
-    (changed(preprocess__pose__windw=64), "'windw' was unexpected"),
-    (changed(preprocess__pose__window="abc"), "On instance['preprocess']['pose']['window']"),
+    (changed(preprocess__pose__windw=64), "override.yaml: key preprocess.pose.windw: unknown key"),
+    (changed(preprocess__pose__window="abc"), "override.yaml: key preprocess.pose.window: 'abc' is not of type"),
     (changed(data__demo=False, data__ct__nifti_root="does/not/exist"), "key data.ct.nifti_root: data path"),
 ])
 def test_snakemake_stops_before_any_job_naming_the_key(workflow, config, needle):
@@ -95,3 +97,30 @@ def test_snakemake_names_a_malformed_default_config(tmp_path):
     proc = run_snakemake(workflow, "-n", "--cores", "1", check=False)
     assert proc.returncode != 0
     assert "config/config.yaml: cannot read config file" in proc.stdout + proc.stderr
+
+
+def test_top_level_typo_on_the_command_line_is_one_line(workflow):
+    proc = run_snakemake(workflow, "-n", "--cores", "1", "--config", "seedd=3", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config/config.yaml with --config: key seedd: unknown key" in text
+    assert len(text.splitlines()) < 15, text  # not Snakemake's dump of the schema and the config
+
+
+def test_a_configfile_is_the_whole_config(workflow):
+    """The demo default is not merged under a --configfile: a partial file names what it lacks."""
+    path = workflow / "partial.yaml"
+    path.write_text(yaml.safe_dump({"seed": 3}))
+    proc = run_snakemake(workflow, "-n", "--cores", "1", "--configfile", str(path), check=False)
+    assert proc.returncode != 0
+    assert "partial.yaml: key data: missing" in proc.stdout + proc.stderr
+    assert "key models: missing" in proc.stdout + proc.stderr
+
+
+def test_a_configfile_without_a_run_drops_it_from_the_dag(workflow):
+    config = changed()
+    del config["models"]["hjepa"]
+    path = workflow / "no_hjepa.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plan = planned_jobs(workflow, "--configfile", str(path))
+    assert "train_hjepa" not in plan and plan["train_hiera3d"] == 2

@@ -42,6 +42,7 @@ CONFIG = read_yaml(REPO / "config" / "config.yaml")
 ALPHAS = (0.1, 1.0, 10.0, 100.0)
 PROBE = ProbeConfig(ALPHAS, 2, "stratified_kfold", 3)
 GENERATION = GenerationConfig(64, 8, PoseVAEGenerationConfig(3, 4, 0))
+EMBEDDING_STATS = ("embedding_std", "embedding_norm", "embedding_effective_rank")
 
 TINY_CT_HIERA = {"input_size": [16, 16, 8], "in_channels": 1, "patch_size": [4, 4, 2], "embed_dim": 8,
                  "num_heads": 1, "stages": [1, 1], "q_strides": [[2, 2, 2]], "mask_unit_attn": [True, False],
@@ -270,7 +271,183 @@ def test_ct_embeddings_and_leave_one_out_probes(tmp_path):
     card = metrics[(metrics["metric"] == "probe_accuracy/cardiomegaly")]["value"]
     assert (card == 1.0).all()  # intensity separates the classes at every level
     no_labels = evaluate(EvaluateJob("hiera3d", "ct", 1, "ct", job.output, cache, PROBE, None))
-    assert set(no_labels["metric"]) == {"embedding_std"}
+    assert set(no_labels["metric"]) == set(EMBEDDING_STATS)
+
+
+def test_embedding_statistics_by_hand():
+    from strata.evaluation.evaluate import embedding_statistics
+
+    rng = np.random.default_rng(0)
+    iso = embedding_statistics(rng.normal(size=(4000, 4)))
+    assert iso["embedding_effective_rank"] == pytest.approx(4.0, rel=0.02)  # isotropic: every direction
+    line = embedding_statistics(np.outer(rng.normal(size=500), [3.0, 4.0, 0.0, 0.0]))
+    assert line["embedding_effective_rank"] == pytest.approx(1.0, abs=1e-6)  # collapsed onto one line
+    x = np.array([[3.0, 4.0], [0.0, 0.0]])
+    assert embedding_statistics(x)["embedding_norm"] == 2.5 and embedding_statistics(x)["embedding_std"] == 1.75
+
+
+# --------------------------------------------------------------------------- pose without labels, label files
+
+
+@pytest.fixture(scope="module")
+def unlabelled_cache(tmp_path_factory) -> Path:
+    """``<cache>/pose`` of a MABe22-format file without any labels (like MABe22's training
+    file): 5 sequences of 160 frames."""
+    from strata.config import PosePreprocessConfig, from_dict
+    from strata.pose.mabe22_files import write_mabe22_tracks
+    from strata.pose.stage import preprocess_pose
+
+    root = tmp_path_factory.mktemp("unlabelled")
+    npy = root / "mouse_triplet_train.npy"
+    write_mabe22_tracks(npy, 5, 160, seed=3)
+    preprocess_pose(from_dict(PosePreprocessConfig, CONFIG["preprocess"]["pose"]), npy,
+                    root / "cache" / "pose" / "shards", root / "cache" / "pose" / "manifest.parquet")
+    return root / "cache"
+
+
+def test_pose_without_labels_evaluates_embedding_statistics_and_the_vae(tmp_path, unlabelled_cache):
+    assert (pd.read_parquet(unlabelled_cache / "pose" / "manifest.parquet")["label"] == -1).all()
+    checkpoints = write_checkpoint(tmp_path / "h", "hiera3d", pose_architecture("hiera3d"))
+    job = gen_job(tmp_path / "h", "hiera3d", "pose", checkpoints, unlabelled_cache)
+    generate(job)
+    metrics = evaluate(EvaluateJob("hiera3d", "pose", 1, "pose", job.output, unlabelled_cache, PROBE, None))
+    assert set(metrics["metric"]) == set(EMBEDDING_STATS)  # no probe rows, no error
+    assert sorted(metrics["level"].unique()) == ["0", "1", "2"] and metrics["value"].gt(0).all()
+
+    checkpoints = write_checkpoint(tmp_path / "v", "posevae", pose_architecture("posevae"))
+    job = gen_job(tmp_path / "v", "posevae", "pose", checkpoints, unlabelled_cache)
+    generate(job)
+    vae = evaluate(EvaluateJob("posevae", "pose", 1, "pose", job.output, unlabelled_cache, PROBE, None))
+    assert {"recon_mse", "kl", "active_units", "n_test_windows"} == set(vae["metric"])
+
+
+def test_label_file_tasks_on_a_generated_run(tmp_path, unlabelled_cache, caplog):
+    """The evaluate job on real generated embeddings with a MABe22-format label file that also
+    lists sequences the pose data lacks: every task gets rows at every level."""
+    import logging
+
+    from strata.pose.errors import PoseFormatError
+    from strata.pose.labels import read_task_labels
+    from strata.pose.mabe22_files import sequence_names, write_mabe22_test_labels
+
+    checkpoints = write_checkpoint(tmp_path, "hjepa", pose_architecture("hjepa"))
+    job = gen_job(tmp_path, "hjepa", "pose", checkpoints, unlabelled_cache)
+    generate(job)
+    labels = tmp_path / "mouse_triplets_test_labels.npy"
+    write_mabe22_test_labels(labels, dict.fromkeys(sequence_names(7), 160), seed=0)  # 2 more than the pose data
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluate(EvaluateJob("hjepa", "pose", 1, "pose", job.output, unlabelled_cache, PROBE, None,
+                                       pose_labels=labels, pose_source="tracks.npy"))
+    assert "2 of its 7 sequences are not in the pose data tracks.npy" in caplog.text
+    by_level = metrics.groupby("level")["metric"].apply(set)
+    expected = {"task_f1/chases", "task_f1_positive/chases", "task_accuracy/huddles", "task_mse/time_of_day",
+                "task_r2/time_of_day", "task_seq_f1/strain", "task_seq_n_test/strain", "task_f1", "task_mse",
+                "task_seq_f1", *EMBEDDING_STATS}
+    assert list(by_level.index) == ["0", "1", "2"] and all(expected <= names for names in by_level)
+    value = metrics[metrics["level"] == "0"].set_index("metric")["value"]
+    assert value["task_seq_n_train/strain"] == 3 and value["task_seq_n_test/strain"] == 2  # one sample per sequence
+    # frame-level: one sample per extracted frame (overlapping windows averaged), labelled frames only
+    frames = pd.read_parquet(job.output).query("level == 0")[["sequence", "frame"]].drop_duplicates()
+    task = read_task_labels(labels)
+    chases = task.targets(task.tasks[0], task.frame_columns(frames["sequence"].to_numpy(), frames["frame"].to_numpy()))
+    test = frames["sequence"].isin(["mabe0003", "mabe0004"]).to_numpy()
+    assert value["task_n_test/chases"] == np.isfinite(chases[test]).sum()
+    assert value["task_n_train/chases"] == np.isfinite(chases[~test]).sum()
+    assert value["task_f1"] == pytest.approx(np.mean([value[f"task_f1/{t}"] for t in
+                                                      ("chases", "huddles", "oral_oral_contact")]))
+    # a label file about other sequences: an error naming both files
+    other = tmp_path / "other_labels.npy"
+    write_mabe22_test_labels(other, {"elsewhere": 160}, seed=0)
+    with pytest.raises(PoseFormatError, match=r"none of its 1 sequences.*pose data tracks\.npy") as err:
+        evaluate(EvaluateJob("hjepa", "pose", 1, "pose", job.output, unlabelled_cache, PROBE, None,
+                             pose_labels=other, pose_source="tracks.npy"))
+    assert str(other) in str(err.value)
+
+
+def _synthetic_outputs(path: Path, labels_path: Path, n_sequences: int, n_frames: int) -> None:
+    """A generate output with two levels: level 0 encodes the label file's tasks (plus noise),
+    level 1 is noise only; every frame is embedded twice (two overlapping windows)."""
+    from strata.pose.labels import read_task_labels
+    from strata.pose.mabe22_files import sequence_names, write_mabe22_test_labels
+
+    names = sequence_names(n_sequences)
+    write_mabe22_test_labels(labels_path, dict.fromkeys(names, n_frames), seed=7)
+    labels = read_task_labels(labels_path)
+    rng = np.random.default_rng(0)
+    frames = np.arange(0, n_frames, 2)
+    rows = []
+    for s, name in enumerate(names):
+        start = labels.frame_number_map[name][0]
+        y = np.nan_to_num(labels.label_array[:, start + frames])  # [tasks, K]
+        signal = y.T * np.array([2.0, 2.0, 2.0, 1.0, 2.0])  # each task on its own axis
+        for window in range(2):
+            informative = signal + rng.normal(0, 0.3, signal.shape)
+            noise = rng.normal(0, 1.0, (len(frames), 5))
+            for level, emb in enumerate((informative, noise)):
+                rows.append(pd.DataFrame({
+                    "sample_id": f"{s}-{window}", "sequence": name, "frame": frames, "offset": frames,
+                    "level": level, "token": 0, "label": -1, "embedding": list(emb.astype(np.float32))}))
+    write_parquet(pd.concat(rows, ignore_index=True), path)
+
+
+def test_task_probes_learn_informative_features_and_not_noise(tmp_path):
+    labels = tmp_path / "labels.npy"
+    _synthetic_outputs(tmp_path / "outputs.parquet", labels, n_sequences=40, n_frames=60)
+    probe = ProbeConfig(ALPHAS, 12, "stratified_kfold", 3)
+    metrics = evaluate(EvaluateJob("hiera3d", "pose", 5, "pose", tmp_path / "outputs.parquet", tmp_path, probe, None,
+                                   pose_labels=labels))
+    value = metrics.pivot_table(index="metric", columns="level", values="value")
+    for task in ("chases", "huddles", "oral_oral_contact"):
+        assert value.loc[f"task_f1/{task}", "0"] > 0.9 and value.loc[f"task_f1/{task}", "1"] < 0.65
+        assert value.loc[f"task_f1_positive/{task}", "0"] > value.loc[f"task_f1_positive/{task}", "1"] + 0.3
+    assert value.loc["task_r2/time_of_day", "0"] > 0.8 and value.loc["task_r2/time_of_day", "1"] < 0.1
+    assert value.loc["task_mse/time_of_day", "0"] < 0.25 * value.loc["task_mse/time_of_day", "1"]
+    assert value.loc["task_seq_n_test/strain", "0"] == 12 and value.loc["task_seq_n_train/strain", "0"] == 28
+    assert value.loc["task_seq_f1/strain", "0"] == 1.0 and value.loc["task_seq_f1/strain", "1"] < 0.8
+    # 30 frames per sequence (every 2nd of 60), each embedded by two windows -> counted once
+    from strata.pose.labels import read_task_labels
+
+    task = read_task_labels(labels)
+    even = np.isfinite(task.label_array[0].reshape(40, 60)[:, ::2]).sum()  # chases is row 0
+    assert value.loc["task_n_test/chases", "0"] + value.loc["task_n_train/chases", "0"] == even < 40 * 30
+    assert "probe_macro_f1" not in value.index  # no per-frame behaviour labels in the pose data
+
+
+def test_summary_without_the_best_metric_falls_back_to_the_last_checkpoint():
+    long = pd.DataFrame([
+        ("hiera3d", "pose", 100, "0", "embedding_std", 0.5), ("hiera3d", "pose", 200, "0", "embedding_std", 0.4),
+        ("posevae", "pose", 50, "all", "recon_mse", 0.3),
+    ], columns=["family", "run", "step", "level", "metric", "value"])
+    wide = wide_table(long)
+    best = best_checkpoints(wide, {"hiera3d": BestCheckpoint("probe_macro_f1", True),
+                                   "posevae": BestCheckpoint("recon_mse", False)}).set_index("family")
+    assert best.loc["hiera3d", "step"] == 200 and np.isnan(best.loc["hiera3d", "value"])
+    assert best.loc["hiera3d", "reason"] == "probe_macro_f1 not reported (no labels for it?): last checkpoint"
+    assert best.loc["posevae", "reason"] == "best"
+    md = markdown(wide, best.reset_index())
+    assert "| hiera3d | pose | 200 | probe_macro_f1 | nan | True | probe_macro_f1 not reported" in md
+    assert "| embedding_std | 0.5 | 0.4 |" in md and "tasks at checkpoint" not in md
+
+
+def test_summary_lists_every_task_per_level_at_the_best_checkpoint():
+    rows = []
+    for step, f1 in ((1, 0.4), (2, 0.6)):
+        for level in ("0", "1"):
+            rows += [("hiera3d", "pose", step, level, "task_f1/chases", f1 + 0.1 * int(level)),
+                     ("hiera3d", "pose", step, level, "task_n_test/chases", 30.0),
+                     ("hiera3d", "pose", step, level, "task_mse/time_of_day", 2.0),
+                     ("hiera3d", "pose", step, level, "task_seq_f1/strain", 0.5),
+                     ("hiera3d", "pose", step, level, "task_f1", f1 + 0.1 * int(level))]
+    wide = wide_table(pd.DataFrame(rows, columns=["family", "run", "step", "level", "metric", "value"]))
+    best = best_checkpoints(wide, {"hiera3d": BestCheckpoint("task_f1", True)})
+    assert best["step"].tolist() == [2]
+    md = markdown(wide, best)
+    tasks = md.split("#### hiera3d / pose: tasks at checkpoint 2")[1]
+    assert tasks.splitlines()[2] == "| task | scored per | score | L0 | L1 | mean |"
+    assert "| chases | frame | f1 | 0.6 | 0.7 | 0.65 |" in tasks
+    assert "| time_of_day | frame | mse | 2 | 2 | 2 |" in tasks and "| strain | sequence | f1 | 0.5 | 0.5 | 0.5 |" in tasks
+    table = md.split("### hiera3d / pose")[1].split("####")[0]
+    assert "| task_f1 |" in table and "task_f1/chases" not in table  # per-task columns only in the task table
 
 
 # --------------------------------------------------------------------------- Reg2RG reports

@@ -86,6 +86,22 @@ def test_figure_writers_produce_pngs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
 
 
+def test_metric_curves_of_label_free_and_task_runs(tmp_path):
+    """A pose run without labels has only embedding statistics; a run probed on a label file
+    has the task means: the default curve list draws whichever exist."""
+    from strata.figures.runs import CURVE_METRICS
+
+    names = CURVE_METRICS["default"]
+    rows = [(step, level, "embedding_std", 0.1 * step) for step in (1, 2) for level in ("0", "1")]
+    label_free = pd.DataFrame(rows, columns=["step", "level", "metric", "value"])
+    metric_figure(label_free, names, 2, "no labels", tmp_path / "free.png")
+    tasks = pd.concat([label_free, label_free.assign(metric="task_f1"), label_free.assign(metric="task_seq_f1")])
+    metric_figure(tasks, names, 2, "tasks", tmp_path / "tasks.png")
+    assert is_png(tmp_path / "free.png") and is_png(tmp_path / "tasks.png")
+    with pytest.raises(ValueError, match=r"none of the metrics \['probe_macro_f1'\]"):
+        metric_figure(label_free, ["probe_macro_f1"], 2, "x", tmp_path / "none.png")
+
+
 def test_smooth_is_a_trailing_mean():
     assert smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist() == [1.0, 2.0, 4.0, 6.0]
 

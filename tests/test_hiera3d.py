@@ -1,4 +1,4 @@
-"""Hierarchical ViT-3D MAE (SPEC 4.1): token flow, masking, loss, attention, checkpoints."""
+"""Hierarchical ViT-3D MAE (docs/design.md §4.1): token flow, masking, loss, attention, checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""H-JEPA (SPEC 4.2): masking, hierarchy on the full grid, EMA, and learning on demo pose."""
+"""H-JEPA (docs/design.md §4.2): masking, hierarchy on the full grid, EMA, and learning on demo pose."""
 
 from __future__ import annotations
 

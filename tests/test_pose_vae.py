@@ -1,4 +1,4 @@
-"""Hierarchical pose VAE (SPEC section 4.3): shapes, masking, KL warm-up, chunk-local
+"""Hierarchical pose VAE (docs/design.md §4.3): shapes, masking, KL warm-up, chunk-local
 attention, generation helpers, fused vs explicit attention, and that it can fit."""
 
 from __future__ import annotations

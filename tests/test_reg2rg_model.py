@@ -39,7 +39,7 @@ def test_full_vit3d_shapes_and_parameter_count():
         mask = ViT3D(FULL_MASK)
         mask_tokens, _ = mask(torch.empty(1, 1, 256, 256, 64))
     assert tuple(tokens.shape) == (1, 1024, 768)
-    assert sum(p.numel() for p in vit.parameters()) == 66_208_000  # SPEC: 66.2 M
+    assert sum(p.numel() for p in vit.parameters()) == 66_208_000  # docs/design.md §4.4: 66.2 M
     assert tuple(mask_tokens.shape) == (1, 256, 255)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_reg2rg_support import REPO, demo_config
 
 from strata.config import CTDataConfig, CTPreprocessConfig, DemoCTConfig, from_dict
@@ -17,11 +18,14 @@ from strata.ct.demo import write_demo_ct
 from strata.ct.layout import demo_studies
 from strata.ct.preprocess import run_preprocess_ct
 from strata.ct.reports import run_preprocess_reports
+from strata.logging_setup import snakemake_logging
 from strata.models.reg2rg import build_encoders
 from strata.reg2rg.dataset import Reg2RGCollator
 from strata.reg2rg.token_cache import module_sha256, run_token_cache
 from strata.reg2rg.tokenizer import build_tokenizer
 from strata.reg2rg.train import Reg2RGInputs, build_training, mean_loss, train_reg2rg
+from strata.training.config import MonitorConfig
+from strata.training.monitor import LIVE_LOG, TENSORBOARD
 
 pytest_plugins = ["test_reg2rg_support"]  # the fake_cache fixture
 
@@ -30,7 +34,8 @@ def test_checkpoint_per_epoch_holds_the_trainable_weights_and_provenance(tmp_pat
     cfg = demo_config(train__epochs=2, train__grad_accum=1, train__warmup_steps=1)
     inputs = Reg2RGInputs(fake_cache["root"] / "tokenizer", fake_cache["reports"], fake_cache["tokens"],
                           tuple(fake_cache["ids"]))
-    frame = train_reg2rg(cfg, 1234, inputs, tmp_path / "run")
+    with snakemake_logging(tmp_path / "rule.log"):
+        frame = train_reg2rg(cfg, 1234, inputs, tmp_path / "run", monitor=MonitorConfig(log_every=2, tensorboard=True))
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]
     assert len(frame) == 2 * len(fake_cache["ids"]) and frame["loss"].notna().all()
     assert frame["lr"].iloc[0] < frame["lr"].iloc[-1] == pytest.approx(cfg.train.lr)  # constant after warm-up
@@ -46,6 +51,25 @@ def test_checkpoint_per_epoch_holds_the_trainable_weights_and_provenance(tmp_pat
     # the trained weights differ from the initial ones (something was learned)
     before = model.trainable_state_dict()
     assert any(not torch.equal(before[k], weights[k]) for k in weights)
+    assert_watchable(tmp_path, frame, log_every=2)
+
+
+def assert_watchable(tmp_path, frame: pd.DataFrame, log_every: int) -> None:
+    """Live step log, TensorBoard scalars and progress lines every ``log_every`` steps (and the last)."""
+    total = len(frame)
+    cadence = sorted({*range(log_every, total + 1, log_every), total})
+    live = pd.read_parquet(tmp_path / "run" / LIVE_LOG)
+    assert live["step"].tolist() == cadence
+    assert {"loss", "lr", "grad_norm", "epoch", "samples_per_s", "wall_time"} <= set(live.columns)
+    assert live["loss"].tolist() == frame.set_index("step").loc[cadence, "loss"].tolist()
+    events = EventAccumulator(str(tmp_path / "run" / TENSORBOARD))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == cadence
+    assert [e.value for e in events.Scalars("train/samples_per_s")] == pytest.approx(live["samples_per_s"].tolist())
+    lines = (tmp_path / "rule.log").read_text().splitlines()
+    assert any("training reg2rg/demo on cpu, fp32" in line for line in lines)
+    progress = [line for line in lines if "reg2rg/demo step " in line]
+    assert len(progress) == len(cadence) and f"step {total}/{total} (100%) loss " in progress[-1]
 
 
 def test_a_token_cache_from_other_encoders_is_refused(tmp_path, fake_cache):
@@ -146,7 +170,7 @@ def test_a_killed_training_resumes_to_the_same_weights(tmp_path, fake_cache):
 
     cfg = demo_config(train__epochs=3, train__grad_accum=2, train__warmup_steps=1)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"seed": 1234, "reg2rg": to_dict(cfg)}))
+    config.write_text(yaml.safe_dump({"seed": 1234, "reg2rg": to_dict(cfg), "monitor": {"log_every": 1}}))
 
     def run(out: str, script: list[str]) -> subprocess.CompletedProcess:
         args = ["--config", str(config), "--tokenizer", str(fake_cache["root"] / "tokenizer"),
@@ -174,3 +198,6 @@ def test_a_killed_training_resumes_to_the_same_weights(tmp_path, fake_cache):
         b = (tmp_path / "resumed" / "checkpoints" / epoch / "model.safetensors").read_bytes()
         assert a == b, f"epoch {epoch} weights differ after resume"
     assert not (tmp_path / "resumed" / "trainer").exists()
+    # the live step log continues after the resume step: every step once, as in the uninterrupted run
+    steps = [pd.read_parquet(tmp_path / run / LIVE_LOG)["step"].tolist() for run in ("whole", "resumed")]
+    assert steps[0] == steps[1] == list(range(1, len(losses[0]) + 1))

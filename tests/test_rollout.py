@@ -1,4 +1,4 @@
-"""Attention rollout against direct numpy computations of SPEC section 5."""
+"""Attention rollout against direct numpy computations of docs/design.md §5."""
 
 from __future__ import annotations
 

@@ -37,7 +37,13 @@ TRAIN_RULE, TRAIN_RUN = "train_posevae", "pose"
 TARGETS = ("results/cache/ct/manifest.parquet", "results/cache/ct/reports.parquet",
            "results/cache/pose/manifest.parquet", f"results/posevae/{TRAIN_RUN}/train_log.parquet")
 # a shorter training than the demo's: 20 steps, checkpoints at 10 and 20
-SHORT_TRAINING = {"models": {"posevae": {TRAIN_RUN: {"train": {"total_steps": 20, "save_every": 10}}}}}
+
+
+def short_training() -> dict:
+    """The demo config (a --configfile is the whole config) with a 20-step pose VAE run."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["models"]["posevae"][TRAIN_RUN]["train"].update(total_steps=20, save_every=10)
+    return config
 RUN_TIMEOUT = 900  # seconds; the run is wrapped in `timeout -s KILL` so a hung poll cannot hang the test
 
 
@@ -234,7 +240,7 @@ class Runs:
 def _workflow(dest: Path) -> Path:
     workdir = copy_workflow(dest)
     shutil.copytree(REPO / "profiles", workdir / "profiles")
-    (workdir / "short_training.yaml").write_text(yaml.safe_dump(SHORT_TRAINING))
+    (workdir / "short_training.yaml").write_text(yaml.safe_dump(short_training()))
     return workdir
 
 

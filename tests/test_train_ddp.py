@@ -159,17 +159,23 @@ def test_two_process_run_resumes_to_identical_weights(runs, config, pose_cache, 
 
 
 def test_rule_with_two_gpus_launches_torchrun(tmp_path):
-    """train_hiera3d with ``train.gpus: 2``: the job's ``gpu`` resource is 2, its script
-    launches two DDP processes, and the curve is the single-process one on the same cache."""
+    """train_hiera3d with ``train.gpus: 2`` and ``allow_cpu: true`` (no GPU here): the job's
+    ``gpu`` resource is 2, its script says it trains on the CPU and launches two DDP
+    processes (gloo), and the curve is the single-process one on the same cache.
+    (Without ``allow_cpu`` the job stops at its start: test_train_monitor.py.)"""
     workdir = copy_workflow(tmp_path / "wf")
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["models"]["hiera3d"]["pose"]["train"].update(total_steps=STEPS, save_every=SAVE_EVERY, gpus=2)
+    raw["models"]["hiera3d"]["pose"]["train"].update(total_steps=STEPS, save_every=SAVE_EVERY, gpus=2,
+                                                     allow_cpu=True)
     (workdir / "ddp.yaml").write_text(yaml.safe_dump(raw))
     target = "results/hiera3d/pose/train_log.parquet"
     plan = run_snakemake(workdir, target, "-n", "--cores", "2", "--configfile", "ddp.yaml")
     assert "gpu=2" in plan.stdout + plan.stderr
     run_snakemake(workdir, target, "--cores", "2", "--configfile", "ddp.yaml")
     rule_log = (workdir / "results" / "logs" / "train_hiera3d" / "pose.log").read_text()
+    if torch.cuda.device_count() < 2:
+        assert "models.hiera3d.pose.train.allow_cpu is true, so it trains on the CPU" in rule_log
+        assert "asks for 2 GPU(s), trains on cpu" in rule_log
     assert "--nproc_per_node=2" in rule_log
     for rank in range(2):
         assert f"DDP process {rank} of 2 on cpu (gloo)" in rule_log
@@ -187,7 +193,7 @@ def test_reg2rg_rule_with_two_gpus_runs_zero2_in_two_processes(tmp_path):
     processes, which split the training studies (half the optimizer steps of one process)."""
     workdir = copy_workflow(tmp_path / "wf")
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["reg2rg"].update(gpus=2, deepspeed="config/deepspeed/zero2.json")
+    raw["reg2rg"].update(gpus=2, deepspeed="config/deepspeed/zero2.json", allow_cpu=True)
     raw["reg2rg"]["train"].update(epochs=1, grad_accum=1, warmup_steps=1)
     (workdir / "ddp.yaml").write_text(yaml.safe_dump(raw))
     run = raw["reg2rg"]["run"]

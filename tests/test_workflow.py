@@ -59,6 +59,20 @@ def test_nothing_to_do_after_a_full_run(demo_run):
     assert planned_jobs(demo_run) == {}
 
 
+def test_training_jobs_are_watchable_and_a_monitor_change_retrains_nothing(demo_run):
+    """Progress lines in the rule logs, the live step log beside the outputs; ``monitor`` is
+    read from the workflow config, never a rule's params, so changing it plans no job."""
+    log = (demo_run / "results" / "logs" / "train_hiera3d" / "pose.log").read_text()
+    total, every = CFG.models["hiera3d"]["pose"].train.total_steps, CFG.monitor.log_every
+    assert "training hiera3d/pose on cpu, fp32" in log and f"hiera3d/pose step {total}/{total} (100%)" in log
+    live = pd.read_parquet(demo_run / "results" / "hiera3d" / "pose" / "live_log.parquet")
+    assert live["step"].tolist() == list(range(every, total + 1, every))
+    reg2rg_log = (demo_run / "results" / "logs" / "train_reg2rg" / f"{CFG.reg2rg.run}.log").read_text()
+    assert f"reg2rg/{CFG.reg2rg.run} step " in reg2rg_log
+    changed = override(demo_run, "monitor", monitor={"log_every": 3, "tensorboard": True})
+    assert planned_jobs(demo_run, "--configfile", changed) == {}
+
+
 CT_ONLY_RULES = {"demo_data_ct", "preprocess_ct", "ct_manifest", "preprocess_reports", "reg2rg_tokenizer",
                  "reg2rg_token_cache", "train_reg2rg"}
 POSE_ONLY_RULES = {"demo_data_pose", "preprocess_pose", "train_posevae", "figures_posevae"}
@@ -225,3 +239,19 @@ def test_reg2rg_decoding_change_regenerates_without_retraining(demo_run):
     plan = planned_jobs(demo_run, "--configfile", cfg)
     epochs = CFG.reg2rg.train.epochs
     assert "train_reg2rg" not in plan and plan["generate"] == plan["evaluate"] == epochs, plan
+
+
+def test_a_pose_label_file_reevaluates_only_the_pose_embedding_runs(demo_run):
+    """``data.pose.labels`` is an input of the pose embedding runs' evaluate jobs only: setting
+    it re-plans their evaluation, the summary and their figures; nothing is retrained or
+    regenerated, and the pose VAE and CT runs are untouched."""
+    from strata.pose.mabe22_files import write_mabe22_test_labels
+
+    labels = demo_run / "labels" / "mouse_triplets_test_labels.npy"  # outside data/ (byte-compared above)
+    pose = CFG.demo.pose
+    write_mabe22_test_labels(labels, {f"seq{i:04d}": pose.n_frames for i in range(pose.n_sequences)}, seed=0)
+    plan = planned_jobs(demo_run, "--configfile", override(demo_run, "pose_labels", data__pose__labels=str(labels)))
+    pose_runs = [(f, r) for f in ("hiera3d", "hjepa") for r, run in CFG.models[f].items() if run.data == "pose"]
+    steps = sum(len(CFG.models[f][r].train.checkpoint_steps()) for f, r in pose_runs)
+    assert {k: v for k, v in plan.items() if k != "all"} == {"evaluate": steps, "summarize": 1,
+                                                             "figures": len(pose_runs)}, plan

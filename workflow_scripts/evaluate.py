@@ -23,6 +23,8 @@ with snakemake_logging(snakemake.log[0]) as log:
         probe=from_dict(ProbeConfig, dict(snakemake.params.probe), where="evaluation.probe"),
         ct_findings={k: dict(v) for k, v in findings.items()} if findings else None,
         demo_findings=demo_findings(snakemake.params.demo_findings),
+        pose_labels=Path(labels) if (labels := getattr(snakemake.input, "labels", None)) else None,
+        pose_source=str(snakemake.config["data"]["pose"]["path"]),
     )
     metrics = evaluate(job)
     log.info("%d metrics for %s/%s step %d", len(metrics), job.family, job.run, job.step)

@@ -41,5 +41,8 @@ with snakemake_logging(snakemake.log[0]) as log:
         pose_test_sequences=int(snakemake.params.pose_test_sequences),
         reg2rg=reg2rg_sources(snakemake) if snakemake.wildcards.family == "reg2rg" else None,
     )
-    log.info("generate %s/%s step %d", job.family, snakemake.wildcards.run, step)
+    # generation runs on the CPU (models are loaded there); the job's `gpu` resource only
+    # follows its run's train.gpus / reg2rg.gpus for the scheduler
+    log.info("generate %s/%s step %d on cpu (%d thread(s))", job.family, snakemake.wildcards.run, step,
+             snakemake.threads)
     generate(job)

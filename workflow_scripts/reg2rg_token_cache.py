@@ -10,6 +10,7 @@ from strata.models.reg2rg.mask_encoder import build_encoders
 from strata.models.reg2rg.weights import read_checkpoint
 from strata.reg2rg.config import EncoderConfig
 from strata.reg2rg.token_cache import module_sha256, run_token_cache
+from strata.reg2rg.weight_paths import encoder_weights, require_weights
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 
@@ -17,6 +18,7 @@ with snakemake_logging(snakemake.log[0]) as log:
     cfg = from_dict(EncoderConfig, dict(snakemake.params.encoder), where="reg2rg.encoder")
     torch.set_num_threads(snakemake.threads)
     checkpoint = snakemake.params.checkpoint
+    require_weights(encoder_weights(cfg, Path(checkpoint) if checkpoint else None))
     encoders = build_encoders(cfg, int(snakemake.params.seed), read_checkpoint(Path(checkpoint)) if checkpoint else None)
     if torch.cuda.is_available():
         encoders = encoders.cuda()

@@ -22,7 +22,7 @@ import yaml
 
 from strata.evaluation.config import EvaluationConfig
 from strata.reg2rg.config import Reg2RGConfig
-from strata.training.config import TrainConfig
+from strata.training.config import MonitorConfig, TrainConfig
 
 T = TypeVar("T")
 
@@ -140,9 +140,15 @@ class CTDataConfig:
 
 @dataclass(frozen=True)
 class PoseDataConfig:
-    """Where the pose tracks live: a MABe22 ``.npy`` dict or a long ``.parquet``/``.csv``."""
+    """Where the pose tracks live: a MABe22 ``.npy`` dict or a long ``.parquet``/``.csv``.
+
+    ``labels`` (optional): a label file in MABe22's test-label format
+    (``mouse_triplets_test_labels.npy``, :mod:`strata.pose.labels`) whose tasks the pose
+    embedding probes predict; None: only the pose file's own per-frame labels, if any.
+    """
 
     path: Path
+    labels: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,7 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class CTPreprocessConfig:
-    """How a CT study becomes a cached tensor (SPEC section 2, stage 2, and section 3).
+    """How a CT study becomes a cached tensor (docs/design.md §2.2, §3.3).
 
     Args:
         spacing: target voxel spacing in mm after orientation to RAS.
@@ -222,7 +228,7 @@ class CTPreprocessConfig:
 
 @dataclass(frozen=True)
 class PosePreprocessConfig:
-    """How pose tracks become fixed windows (SPEC section 3).
+    """How pose tracks become fixed windows (docs/design.md §2.3, §3.6).
 
     Args:
         window: frames per window (T).
@@ -277,6 +283,7 @@ class StrataConfig:
     models: dict[str, dict[str, ModelRunConfig]]
     reg2rg: Reg2RGConfig
     evaluation: EvaluationConfig
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)  # what training jobs show
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -23,16 +23,30 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    return ".".join(str(p) for p in error.absolute_path)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line naming the offending key (not the schema or the whole config)."""
+    parent = _key_path(error)
+    prefix = f"{parent}." if parent else ""
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(str(k) for k in error.instance if k not in allowed)
+        return "; ".join(f"key {prefix}{k}: unknown key" for k in unknown)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [k for k in error.validator_value if k not in error.instance]
+        hint = "" if parent else " (a config file describes the whole run: start from a copy of config/config.yaml)"
+        return "; ".join(f"key {prefix}{k}: missing" for k in missing) + hint
+    return f"key {parent or '<top level>'}: {error.message}"
 
 
 def validate_config(raw: Any, source: str = "config") -> None:
-    """Raise :class:`ConfigError` naming the key of the first schema violation."""
+    """Raise :class:`ConfigError` naming the key of every schema violation, one line each."""
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"{source}: key {_key_path(e)!s}: {e.message}" for e in errors]
-        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
+        raise ConfigError("\n".join(f"{source}: {_describe(e)}" for e in errors))
     check_data_paths(raw, source)
 
 
@@ -46,6 +60,8 @@ def check_data_paths(raw: dict[str, Any], source: str = "config") -> None:
     for optional in ("dicom_root", "dicom_mask_root"):
         if raw["data"]["ct"].get(optional):
             keys.append((f"data.ct.{optional}", raw["data"]["ct"][optional]))
+    if raw["data"]["pose"].get("labels"):
+        keys.append(("data.pose.labels", raw["data"]["pose"]["labels"]))
     for key, value in keys:
         if not Path(value).exists():
             raise ConfigError(f"{source}: key {key}: data path {value!r} does not exist")

@@ -1,4 +1,4 @@
-"""One CT study to one cached tensor file and one manifest row (SPEC section 2, stage 2).
+"""One CT study to one cached tensor file and one manifest row (docs/design.md §2.2, §3.3).
 
 Steps: MONAI reader -> RAS -> resample to the configured spacing (image trilinear, masks
 nearest) -> clip the HU window and map it onto ``out_range`` -> resize to ``shape``; region

@@ -1,4 +1,4 @@
-"""Per-checkpoint generation, evaluation and the summary table (SPEC section 2, stages 5-6).
+"""Per-checkpoint generation, evaluation and the summary table (docs/design.md §2.5-2.6).
 
 Modules (one job each): ``config`` (typed ``evaluation:`` section), ``targets`` (every
 output path, known from the config; no torch, the Snakefile imports it), ``checkpoints``

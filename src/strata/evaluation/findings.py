@@ -1,4 +1,4 @@
-"""Finding-level accuracy of generated reports on the synthetic demo (SPEC 4.4, metrics).
+"""Finding-level accuracy of generated reports on the synthetic demo (docs/design.md §3.8).
 
 The demo states its findings in fixed sentences (:func:`strata.ct.demo_plan.region_sentences`):
 

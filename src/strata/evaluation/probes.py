@@ -11,6 +11,12 @@ class, in study-id order, goes to fold ``i % k``), so every training part keeps 
 balance. Plain leave-one-out is available but biased on balanced classes: holding out one
 study makes its class the minority of the training part, so an uninformative probe scores
 below chance (0 % on three balanced classes instead of 33 %).
+
+Tasks of a MABe22 label file (:mod:`strata.evaluation.tasks`) use the same classifier with
+``class_weight="balanced"`` for discrete tasks (as the MABe22 / hBehaveMAE evaluators'
+``RidgeClassifier``), and for continuous tasks :func:`regression_probe`: ``RidgeCV`` over the
+same ``alphas`` (efficient leave-one-out, no randomness) on the same standardised features,
+scored by MSE and R^2 on the test part.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import RidgeClassifierCV
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.linear_model import RidgeClassifierCV, RidgeCV
+from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 from sklearn.preprocessing import StandardScaler
 
 
@@ -35,14 +41,39 @@ class ProbeResult:
 
 
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                alphas: tuple[float, ...]) -> tuple[np.ndarray, float]:
-    """Predictions for ``x_test`` and the chosen alpha (a single training class predicts it)."""
+                alphas: tuple[float, ...], class_weight: str | None = None) -> tuple[np.ndarray, float]:
+    """Predictions for ``x_test`` and the chosen alpha (a single training class predicts it);
+    ``class_weight="balanced"`` weighs classes inversely to their training frequency."""
     classes = np.unique(y_train)
     if len(classes) == 1:
         return np.full(len(x_test), classes[0]), float("nan")
     scaler = StandardScaler().fit(x_train)
-    probe = RidgeClassifierCV(alphas=np.asarray(alphas, dtype=float)).fit(scaler.transform(x_train), y_train)
+    probe = RidgeClassifierCV(alphas=np.asarray(alphas, dtype=float), class_weight=class_weight)
+    probe.fit(scaler.transform(x_train), y_train)
     return probe.predict(scaler.transform(x_test)), float(probe.alpha_)
+
+
+@dataclass(frozen=True)
+class RegressionResult:
+    """Scores of one regression probe on the test part."""
+
+    mse: float
+    r2: float
+    alpha: float
+    n_train: int
+    n_test: int
+
+
+def regression_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                     alphas: tuple[float, ...]) -> RegressionResult:
+    """Ridge regression (alpha by efficient leave-one-out on the training part) on
+    standardised features; MSE and R^2 on the test part (R^2 is NaN for a constant test target)."""
+    scaler = StandardScaler().fit(x_train)
+    probe = RidgeCV(alphas=np.asarray(alphas, dtype=float)).fit(scaler.transform(x_train), y_train)
+    pred = probe.predict(scaler.transform(x_test))
+    r2 = float(r2_score(y_test, pred)) if len(y_test) > 1 and np.ptp(y_test) > 0 else float("nan")
+    return RegressionResult(float(mean_squared_error(y_test, pred)), r2, float(probe.alpha_),
+                            len(y_train), len(y_test))
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:

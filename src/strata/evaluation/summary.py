@@ -4,12 +4,18 @@
 metric of level ``all`` and, for per-level metrics, ``<metric>`` (mean over levels) plus
 ``<metric>@L<level>``. ``best_checkpoints.csv``: per (family, run) the step with the best
 value of the family's configured metric (``evaluation.best_checkpoint``; ties: the
-earliest step), its value and direction. ``metrics.md`` renders the best checkpoints and
-one table per run (metrics as rows, checkpoints as columns).
+earliest step), its value and direction, and ``reason``: ``best``, or why the last
+checkpoint was taken instead (the metric is not reported, e.g. a pose run without labels
+has no probe scores; or the family has no rule). ``metrics.md`` renders the best
+checkpoints and one table per run (metrics as rows, checkpoints as columns); runs probed on
+the tasks of a label file (:mod:`strata.evaluation.tasks`) add a table of every task's
+scores per hierarchy level at the best checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,7 +23,12 @@ import pandas as pd
 
 from strata.evaluation.config import BestCheckpoint
 
+log = logging.getLogger(__name__)
+
 KEYS = ["family", "run", "step"]
+#: per-task columns of the wide table: prefix (frame / sequence level), score, task, level
+TASK_COLUMN = re.compile(r"^(task_seq_|task_)(f1|f1_positive|accuracy|mse|r2)/(.+?)(?:@L(\d+))?$")
+TASK_SCORES = ("f1", "f1_positive", "mse", "r2")
 
 
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
@@ -42,8 +53,11 @@ def best_checkpoints(wide: pd.DataFrame, rules: Mapping[str, BestCheckpoint]) ->
     for (family, run), rows in wide.groupby(["family", "run"], sort=True):
         rule = rules.get(family)
         if rule is None or rule.metric not in rows or rows[rule.metric].isna().all():
+            reason = (f"no evaluation.best_checkpoint rule for {family}: last checkpoint" if rule is None else
+                      f"{rule.metric} not reported (no labels for it?): last checkpoint")
+            log.warning("%s/%s: %s", family, run, reason)
             records.append((family, run, int(rows["step"].max()), rule.metric if rule else "", np.nan,
-                            rule.higher_is_better if rule else True, "no metric: last step"))
+                            rule.higher_is_better if rule else True, reason))
             continue
         values = rows[rule.metric].to_numpy(dtype=float)
         score = np.where(np.isnan(values), -np.inf, values if rule.higher_is_better else -values)
@@ -66,11 +80,39 @@ def markdown(wide: pd.DataFrame, best: pd.DataFrame) -> str:
         table.columns = [f"step {step}" for step in table.columns]
         table = table.rename_axis("metric").reset_index()
         parts.append(f"### {family} / {run}\n\n" + _md(table))
+        chosen = best[(best["family"] == family) & (best["run"] == run)]
+        step = int(chosen["step"].iloc[0]) if len(chosen) else int(rows["step"].max())
+        tasks = task_table(rows[rows["step"] == step])
+        if tasks is not None:
+            parts.append(f"#### {family} / {run}: tasks at checkpoint {step}\n\n" + _md(tasks))
     return "\n\n".join(parts) + "\n"
 
 
+def task_table(row: pd.DataFrame) -> pd.DataFrame | None:
+    """One checkpoint's per-task scores: a row per (task, score), a column per hierarchy level
+    and their mean (None when the run has no task metrics)."""
+    records: dict[tuple[str, str, str], dict[str, float]] = {}
+    for column in row.columns:
+        match = TASK_COLUMN.match(column)
+        if not match or match.group(2) not in TASK_SCORES or row[column].isna().all():
+            continue
+        prefix, score, task, level = match.groups()
+        scored = "sequence" if prefix == "task_seq_" else "frame"
+        records.setdefault((task, scored, score), {})["mean" if level is None else f"L{level}"] = \
+            float(row[column].iloc[0])
+    if not records:
+        return None
+    levels = sorted({k for v in records.values() for k in v if k != "mean"}, key=lambda k: int(k[1:]))
+    order = {score: i for i, score in enumerate(TASK_SCORES)}
+    keys = sorted(records, key=lambda k: (k[1] == "sequence", k[0], order[k[2]]))
+    return pd.DataFrame([(task, scored, score, *(records[(task, scored, score)].get(c, np.nan)
+                                                   for c in [*levels, "mean"]))
+                         for task, scored, score in keys],
+                        columns=["task", "scored per", "score", *levels, "mean"])
+
+
 def _breakdown(column: str) -> bool:
-    return "@L" in column or column.startswith("region/")
+    return "@L" in column or column.startswith("region/") or (column.startswith("task_") and "/" in column)
 
 
 def _md(frame: pd.DataFrame) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 from strata.config import from_dict
 from strata.training.config import TrainConfig
 
+#: families whose generate jobs write embeddings that the evaluate jobs probe
+EMBEDDING_FAMILIES = ("hiera3d", "hjepa")
 GENERATE = "results/{family}/{run}/generate/{step}/outputs.parquet"
 EVALUATE = "results/{family}/{run}/evaluate/{step}/metrics.parquet"
 SUMMARY = ("results/summary/metrics.parquet", "results/summary/metrics.csv", "results/summary/metrics.md",

@@ -49,9 +49,9 @@ def metric_figure(metrics: pd.DataFrame, names: list[str], best_step: int | None
     """Each metric of ``names`` against the checkpoint step, one line per level (long
     metrics table of one run; a non-numeric level is its own label, e.g. ``corpus``); a
     dashed line marks the best checkpoint."""
-    names = [n for n in names if n in set(metrics["metric"])]
+    wanted, names = names, [n for n in names if n in set(metrics["metric"])]
     if not names:
-        raise ValueError(f"none of the metrics {names} in the table")
+        raise ValueError(f"none of the metrics {wanted} in the table")
     fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         rows = metrics[metrics["metric"] == name]

@@ -1,4 +1,4 @@
-"""Attention rollout of one input per model family (:mod:`strata.rollout`, SPEC section 5).
+"""Attention rollout of one input per model family (:mod:`strata.rollout`, docs/design.md §5).
 
 * Hierarchical ViT-3D: rectangular rollout across pooling, every block's dense attention
   (:meth:`Hiera3D.forward_attention`) with the pooling assignment as the residual of the

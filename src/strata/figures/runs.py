@@ -44,7 +44,8 @@ from strata.training.checkpoint import META
 CURVE_METRICS = {
     "posevae": ["recon_mse", "kl", "active_units"],
     "reg2rg": ["bleu1", "bleu4", "meteor", "rouge_l", "finding_accuracy"],
-    "default": ["probe_macro_f1", "probe_accuracy", "embedding_std"],
+    # those present are drawn: behaviour probe, label-file task means, embedding statistics
+    "default": ["probe_macro_f1", "probe_accuracy", "task_f1", "task_seq_f1", "task_mse", "embedding_std"],
 }
 
 

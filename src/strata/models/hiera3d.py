@@ -1,4 +1,4 @@
-"""Hierarchical ViT-3D masked autoencoder (hBehaveMAE / Hiera style), SPEC section 4.1.
+"""Hierarchical ViT-3D masked autoencoder (hBehaveMAE / Hiera style), docs/design.md §4.1.
 
 Method, in the order the code runs:
 
@@ -50,9 +50,9 @@ from strata.models.blocks import Block, Mlp
 from strata.training.interface import StepOutput, TrainableModel
 
 AXES = ("T (time)", "H (height)", "W (width)")
-NORM_EPS = 1e-6  # LayerNorm eps of the reference (SPEC 4.1)
+NORM_EPS = 1e-6  # LayerNorm eps of the reference (docs/design.md §4.1)
 TARGET_EPS = 1e-6  # variance floor of per-patch normalised targets (as MAE)
-# Parameter counts (millions) of the reference hBehaveMAE at the full pose config (SPEC 4.1).
+# Parameter counts (millions) of the reference hBehaveMAE at the full pose config (docs/design.md §4.1).
 REFERENCE_PARAMETERS_M = {"encoder": 8.63, "decoder": 0.28}
 
 Shape3 = tuple[int, int, int]

@@ -1,4 +1,4 @@
-"""H-JEPA: hierarchical joint-embedding predictive architecture, SPEC section 4.2.
+"""H-JEPA: hierarchical joint-embedding predictive architecture, docs/design.md §4.2.
 
 Method, in the order the code runs (:meth:`HJEPA.forward`):
 

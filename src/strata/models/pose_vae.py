@@ -1,4 +1,4 @@
-"""Hierarchical transformer VAE for long pose sequences (SPEC section 4.3).
+"""Hierarchical transformer VAE for long pose sequences (docs/design.md §4.3).
 
 Method, top to bottom (one class per step):
 

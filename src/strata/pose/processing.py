@@ -1,4 +1,4 @@
-"""Turn one pose sequence into model-ready windows (SPEC section 3, pose windows).
+"""Turn one pose sequence into model-ready windows (docs/design.md §2.3, §3.6).
 
 Steps, in order, all vectorised over frames:
 

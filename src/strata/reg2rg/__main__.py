@@ -6,7 +6,10 @@
 
 ``--config`` is a YAML file with a top-level ``reg2rg:`` section (and ``seed:``) and
 optionally ``studies:``, the study ids to train on (default: every file in ``--tokens``;
-the rule lists its training studies, so held-out ones are never trained on).
+the rule lists its training studies, so held-out ones are never trained on), and
+``monitor:`` (progress lines / live step log / TensorBoard; default ``log_every: 10``).
+``--gpus`` is what the job asks for (default ``reg2rg.gpus``). Progress goes to stderr
+through Python logging; the last line on stdout is ``{"losses": [...]}``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -22,6 +26,7 @@ import yaml
 from strata.config import from_dict
 from strata.reg2rg.config import Reg2RGConfig
 from strata.reg2rg.train import Reg2RGInputs, train_reg2rg
+from strata.training.config import MonitorConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder results/reg2rg/<run>")
     parser.add_argument("--deepspeed", type=Path, default=None, help="overrides reg2rg.deepspeed")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs asked for (default: reg2rg.gpus)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raw = yaml.safe_load(args.config.read_text())
     cfg = from_dict(Reg2RGConfig, raw["reg2rg"], where=f"{args.config}:reg2rg")
     if args.deepspeed is not None:
@@ -42,8 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     studies = tuple(raw["studies"]) if raw.get("studies") is not None else \
         tuple(sorted(p.name.removesuffix(".safetensors") for p in args.tokens.glob("*.safetensors")))
+    monitor = from_dict(MonitorConfig, raw.get("monitor") or {}, where=f"{args.config}:monitor")
     frame = train_reg2rg(cfg, int(raw["seed"]), Reg2RGInputs(args.tokenizer, args.reports, args.tokens, studies),
-                         args.out)
+                         args.out, gpus=args.gpus, monitor=monitor)
     print(json.dumps({"losses": frame["loss"].tolist()}))
 
 

@@ -1,4 +1,4 @@
-"""Typed configuration of Reg2RG (the top-level ``reg2rg:`` section, SPEC 4.4).
+"""Typed configuration of Reg2RG (the top-level ``reg2rg:`` section, docs/design.md §4.4).
 
 Plain dataclasses without torch, so that :mod:`strata.config` and the Snakefile can build
 and check them cheaply. ``config/schema.yaml`` validates the YAML first; these classes
@@ -257,7 +257,9 @@ class Reg2RGConfig:
         split: held-out studies (null: every study is trained on and generated for).
         gpus: GPUs of the training job (its Snakemake ``gpu`` resource); more than one
             launches ``torchrun`` with that many processes (DeepSpeed ZeRO-2 when
-            ``deepspeed`` is set, else DDP through HF Trainer). 0 = CPU.
+            ``deepspeed`` is set, else DDP through HF Trainer). 0 = CPU, even where a GPU is.
+        allow_cpu: train on the CPU (with a warning) when torch sees fewer than ``gpus``
+            GPUs, instead of stopping the job.
     """
 
     run: str
@@ -274,3 +276,4 @@ class Reg2RGConfig:
     generation: GenerationConfig | None = None  # not needed to train (the train rule leaves it out)
     split: Reg2RGSplitConfig | None = None
     gpus: int = 0
+    allow_cpu: bool = False

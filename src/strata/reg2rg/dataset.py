@@ -1,4 +1,4 @@
-"""Prompt, answer, dataset and collator of Reg2RG (SPEC 4.4).
+"""Prompt, answer, dataset and collator of Reg2RG (docs/design.md §4.4).
 
 A study becomes one token sequence ``<s> PROMPT ANSWER </s>``:
 

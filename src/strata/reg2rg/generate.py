@@ -1,4 +1,4 @@
-"""Report generation from ``inputs_embeds`` (used by the generate stage; SPEC 4.4).
+"""Report generation from ``inputs_embeds`` (used by the generate stage; docs/design.md §4.4).
 
 Decoding settings come only from ``reg2rg.generation`` and are recorded with every output.
 ``transformers`` fills every unset field of a passed ``GenerationConfig`` from the model's

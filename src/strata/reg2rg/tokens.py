@@ -1,4 +1,4 @@
-"""The special tokens of Reg2RG and their ids (SPEC 4.4).
+"""The special tokens of Reg2RG and their ids (docs/design.md §4.4).
 
 After the base vocabulary ``V`` (the language model's; 32,000 for LLaMA-2) the tokenizer
 holds, in this order::

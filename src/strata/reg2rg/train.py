@@ -1,4 +1,4 @@
-"""Training stage ``train_reg2rg``: Hugging Face ``Trainer`` on the token cache (SPEC 4.4, 7).
+"""Training stage ``train_reg2rg``: Hugging Face ``Trainer`` on the token cache (docs/design.md §4.4, §7).
 
 Hyper-parameters come from ``reg2rg.train`` (full config: lr 5e-5, constant_with_warmup
 with 20 warm-up steps, weight decay 0, per-device batch 1, gradient accumulation 8, 10
@@ -12,6 +12,13 @@ evaluation. After every epoch rank 0 writes the checkpoint the DAG knows::
 The Trainer's own resume checkpoints (optimizer, scheduler, RNG; trainable weights only
 for the plain Trainer) live in ``results/reg2rg/<run>/trainer/``, which is not a declared
 output: a re-run after a kill resumes from there, a finished run deletes it.
+
+The device follows ``reg2rg.gpus`` (:func:`strata.training.device.resolve_device`: 0 = CPU,
+too few visible GPUs stop the run unless ``reg2rg.allow_cpu``). While it runs,
+:class:`MonitorCallback` gives the shared loop's view (:mod:`strata.training.monitor`):
+every ``monitor.log_every`` steps a progress line in the log, a row in
+``results/reg2rg/<run>/live_log.parquet`` and, with ``monitor.tensorboard``, TensorBoard
+scalars in ``results/reg2rg/<run>/tensorboard/``; tqdm's bar goes to a terminal's stderr.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from strata.config import config_sha256, to_dict
 from strata.io.atomic import atomic_dir, save_tensors, write_parquet
@@ -36,6 +45,9 @@ from strata.reg2rg.dataset import Reg2RGCollator, Reg2RGDataset, TokenCacheSourc
 from strata.reg2rg.token_cache import check_cache, module_sha256
 from strata.reg2rg.tokenizer import load_tokenizer
 from strata.training.checkpoint import META, WEIGHTS, git_commit, package_versions
+from strata.training.config import MonitorConfig
+from strata.training.device import DeviceType, describe_device, resolve_device
+from strata.training.monitor import StepMonitor
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +69,9 @@ class Reg2RGInputs:
     study_ids: tuple[str, ...]
 
 
-def use_bf16(cfg: Reg2RGConfig) -> bool:
-    return torch.cuda.is_available() and cfg.train.precision in ("auto", "bf16")
+def use_bf16(cfg: Reg2RGConfig, device_type: DeviceType) -> bool:
+    """bf16 on CUDA with precision ``auto`` or ``bf16``; fp32 on the CPU."""
+    return device_type == "cuda" and cfg.train.precision in ("auto", "bf16")
 
 
 class Reg2RGTrainer(Trainer):
@@ -96,29 +109,70 @@ class EpochCallback(TrainerCallback):
                              {**self.meta, "epoch": epoch, "step": state.global_step})
 
 
+class MonitorCallback(TrainerCallback):
+    """Sends the Trainer's per-step log dicts to a :class:`StepMonitor` (progress lines in
+    the Python log, the live step log, TensorBoard) every ``monitor.log_every`` steps."""
+
+    def __init__(self, cfg: MonitorConfig, run_dir: Path, name: str) -> None:
+        self.cfg, self.run_dir, self.name = cfg, run_dir, name
+        self.monitor: StepMonitor | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        samples = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        self.monitor = StepMonitor(self.cfg, self.run_dir, self.name, state.max_steps, state.global_step, samples,
+                                   enabled=state.is_world_process_zero)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.monitor is not None and logs and "loss" in logs:
+            scalars = {"loss": logs["loss"], "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                       "epoch": logs.get("epoch")}
+            self.monitor.step(state.global_step, {k: float(v) for k, v in scalars.items() if v is not None})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.close()
+
+
+class ProgressBar(ProgressCallback):
+    """HF's tqdm bar without its copy of every log dict on stdout (:class:`MonitorCallback` logs them)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
 def write_checkpoint(path: Path, model: Reg2RG, meta: dict[str, Any]) -> None:
     with atomic_dir(path) as tmp:
         save_tensors(model.trainable_state_dict(), tmp / WEIGHTS, metadata={"epoch": meta["epoch"]})
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def training_arguments(cfg: Reg2RGConfig, seed: int, output_dir: Path, max_steps: int = -1) -> TrainingArguments:
+def training_arguments(cfg: Reg2RGConfig, seed: int, output_dir: Path, max_steps: int = -1,
+                       device_type: DeviceType = "cpu") -> TrainingArguments:
+    """The Trainer's arguments. ``logging_steps=1``: ``train_log.parquet`` holds every optimizer
+    step's loss; the ``monitor.log_every`` cadence (progress lines, live log, TensorBoard through
+    :class:`MonitorCallback`, so the same files and tags as the shared loop) applies on top of it."""
     t = cfg.train
     return TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, num_train_epochs=t.epochs, max_steps=max_steps,
         learning_rate=t.lr, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim="adamw_torch",
-        bf16=use_bf16(cfg), use_cpu=not torch.cuda.is_available(), seed=seed, data_seed=seed,
+        bf16=use_bf16(cfg, device_type), use_cpu=device_type == "cpu", seed=seed, data_seed=seed,
         eval_strategy="no", save_strategy="epoch", save_total_limit=1, logging_steps=1,
-        report_to=[], disable_tqdm=True, dataloader_num_workers=t.num_workers, remove_unused_columns=False,
-        deepspeed=str(cfg.deepspeed) if cfg.deepspeed is not None else None,
+        report_to=[], disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=t.num_workers,
+        remove_unused_columns=False, deepspeed=str(cfg.deepspeed) if cfg.deepspeed is not None else None,
     )
 
 
-def build_training(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: Path, max_steps: int = -1
+def build_training(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: Path, max_steps: int = -1, *,
+                   gpus: int | None = None, monitor: MonitorConfig | None = None
                    ) -> tuple[Reg2RGTrainer, Reg2RG, Reg2RGDataset]:
-    """Tokenizer, dataset, model and the ``Trainer`` (nothing is trained yet)."""
+    """Tokenizer, dataset, model and the ``Trainer`` (nothing is trained yet).
+
+    ``gpus``: GPUs the job asks for (default ``reg2rg.gpus``); see :func:`resolve_device`.
+    """
+    device_type = resolve_device(f"reg2rg/{cfg.run}", "reg2rg.gpus", cfg.gpus if gpus is None else gpus,
+                                 cfg.allow_cpu)
     tokenizer, layout = load_tokenizer(inputs.tokenizer_dir, cfg.perceiver.num_latents)
     token_files = [inputs.token_dir / f"{s}.safetensors" for s in inputs.study_ids]
     encoder_sha = module_sha256(build_encoders(cfg.encoder, seed, None)) if cfg.checkpoint is None else None
@@ -127,15 +181,22 @@ def build_training(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: 
                             source=TokenCacheSource(inputs.token_dir), tokenizer=tokenizer, layout=layout,
                             cfg=cfg.data, seed=seed, train=True)
     model = build_reg2rg(cfg, layout, seed, with_encoders=False,
-                         dtype=torch.bfloat16 if use_bf16(cfg) and cfg.llm.pretrained is not None else torch.float32)
+                         dtype=torch.bfloat16 if use_bf16(cfg, device_type) and cfg.llm.pretrained is not None
+                         else torch.float32)
     meta = {"config": to_dict(cfg), "config_sha256": config_sha256(cfg), "seed": seed, "data_sha256": data_hashes,
             "packages": package_versions(), "git_commit": git_commit(Path(__file__).parent),
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "device": device_type,
             "trainable": sorted(model.trainable_state_dict())}
-    args = training_arguments(cfg, seed, run_dir / "trainer", max_steps)
+    args = training_arguments(cfg, seed, run_dir / "trainer", max_steps, device_type)
     trainer = Reg2RGTrainer(model=model, args=args, train_dataset=dataset,
                             data_collator=Reg2RGCollator(tokenizer.pad_token_id),
-                            callbacks=[EpochCallback(dataset, model, run_dir, meta)])
+                            callbacks=[EpochCallback(dataset, model, run_dir, meta),
+                                       MonitorCallback(monitor or MonitorConfig(), run_dir, f"reg2rg/{cfg.run}")])
+    trainer.remove_callback(PrinterCallback)  # would print every log dict to stdout
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ProgressBar())
+    if trainer.is_world_process_zero():
+        log.info("training reg2rg/%s on %s", cfg.run, describe_device(args.device, args.bf16))
     return trainer, model, dataset
 
 
@@ -145,9 +206,10 @@ def step_log(trainer: Trainer) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "epoch", "loss", "lr", "grad_norm"])
 
 
-def train_reg2rg(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: Path) -> pd.DataFrame:
+def train_reg2rg(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: Path, *, gpus: int | None = None,
+                 monitor: MonitorConfig | None = None) -> pd.DataFrame:
     """Train one run; checkpoints per epoch, the step log, resume from ``trainer/`` if present."""
-    trainer, _, _ = build_training(cfg, seed, inputs, run_dir)
+    trainer, _, _ = build_training(cfg, seed, inputs, run_dir, gpus=gpus, monitor=monitor)
     resume_dir = run_dir / "trainer"
     resume = resume_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in resume_dir.iterdir())
     trainer.train(resume_from_checkpoint=True if resume else None)

@@ -6,8 +6,10 @@
 Reads the cached features under ``--cache`` (default ``results/cache``) and writes to
 ``--out`` (default ``results/<family>/<run>``); re-running after an interruption resumes.
 ``--nproc N`` (N > 1) re-launches this command under ``torchrun`` with N DDP processes
-(one per GPU; gloo on the CPU). ``--run-config`` reads one run's section instead of a
-whole config: a YAML file ``{seed: .., run_config: <models.<family>.<run>>}`` (what the
+(one per GPU; gloo on the CPU). ``--gpus N`` is the GPUs the job asks for (default the
+run's ``train.gpus``; 0 = CPU; fewer visible GPUs stop the run unless ``train.allow_cpu``).
+``--run-config`` reads one run's section instead of a whole config: a YAML file
+``{seed: .., run_config: <models.<family>.<run>>, monitor: <monitor>}`` (what the
 Snakemake rule writes before a multi-GPU launch).
 """
 
@@ -22,6 +24,7 @@ import torch
 import yaml
 
 from strata.config import ModelRunConfig, from_dict, load_config
+from strata.training.config import MonitorConfig
 from strata.training.distributed import launched_by_torchrun, run_torchrun
 
 
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads of each process")
     parser.add_argument("--nproc", type=int, default=1, help="DDP processes (> 1: launched with torchrun)")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs asked for (default: the run's train.gpus)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.nproc > 1 and not launched_by_torchrun():
         run_torchrun(args.nproc, "strata.training", _forwarded(args))
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         raw = yaml.safe_load(args.run_config.read_text())
         run_cfg = from_dict(ModelRunConfig, raw["run_config"], where=f"{args.run_config}:{where}")
         seed = int(raw["seed"])
+        monitor = from_dict(MonitorConfig, raw.get("monitor") or {}, where=f"{args.run_config}:monitor")
     else:
         config = args.config or Path("config/config.yaml")
         cfg = load_config(config)
@@ -57,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
             run_cfg = cfg.models[args.family][args.run]
         except KeyError:
             parser.error(f"{config}: no run {where}")
-        seed = cfg.seed
+        seed, monitor = cfg.seed, cfg.monitor
     out = args.out or Path("results") / args.family / args.run
-    train_run(args.family, args.run, run_cfg, seed, args.cache, out)
+    train_run(args.family, args.run, run_cfg, seed, args.cache, out, gpus=args.gpus, monitor=monitor)
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
@@ -74,6 +79,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
         forwarded += ["--out", str(args.out)]
     if args.threads:
         forwarded += ["--threads", str(args.threads)]
+    if args.gpus is not None:
+        forwarded += ["--gpus", str(args.gpus)]
     return forwarded
 
 

@@ -39,7 +39,9 @@ class TrainConfig:
         precision: ``auto`` = bf16 autocast on CUDA, fp32 on CPU.
         optim: optimizer and schedule.
         gpus: devices of the run's job (its Snakemake ``gpu`` resource); more than one
-            launches ``torchrun`` with one DDP process each. 0 = CPU.
+            launches ``torchrun`` with one DDP process each. 0 = CPU, even where a GPU is.
+        allow_cpu: train on the CPU (with a warning) when torch sees fewer than ``gpus``
+            GPUs, instead of stopping the job (:func:`strata.training.device.resolve_device`).
     """
 
     batch_size: int
@@ -49,6 +51,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"]
     optim: OptimConfig
     gpus: int = 0
+    allow_cpu: bool = False
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
@@ -63,3 +66,22 @@ class TrainConfig:
         if not steps or steps[-1] != self.total_steps:
             steps.append(self.total_steps)
         return steps
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """What a training run shows while it runs (top-level ``monitor:``; both the shared loop
+    and Reg2RG). Never changes results, so it is no rule's params: editing it retrains nothing.
+
+    Args:
+        log_every: every this many optimizer steps a progress line in the rule's log, a row
+            in the live step log ``<run dir>/live_log.parquet`` and TensorBoard scalars.
+        tensorboard: also write TensorBoard event files to ``<run dir>/tensorboard/``.
+    """
+
+    log_every: int = 10
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"monitor.log_every must be >= 1, got {self.log_every}")

@@ -47,19 +47,20 @@ def launched_by_torchrun() -> bool:
 
 
 @contextlib.contextmanager
-def process_group() -> Iterator[DistInfo]:
+def process_group(use_cuda: bool = False) -> Iterator[DistInfo]:
     """Join the run's process group when started by ``torchrun`` with WORLD_SIZE > 1
-    (NCCL on CUDA, gloo on the CPU) and leave it on exit; a single process gets rank 0 of 1."""
+    (NCCL on CUDA with ``use_cuda``, gloo on the CPU) and leave it on exit; a single
+    process gets rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 or not launched_by_torchrun():
         yield DistInfo()
         return
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if torch.cuda.is_available():
+    if use_cuda:
         torch.cuda.set_device(info.local_rank)
     owner = not dist.is_initialized()
     if owner:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
         yield info
     finally:

@@ -2,7 +2,10 @@
 
 Seeded data order (a function of seed and step only, so a resumed run sees exactly the
 batches an uninterrupted one would), AdamW with transformers' schedules, gradient
-clipping, bf16 autocast on CUDA and fp32 on CPU, a progress bar, a per-step log and
+clipping, bf16 autocast on CUDA and fp32 on CPU (the device is the run's decision,
+:func:`strata.training.device.resolve_device`, never a guess here), a progress bar on a
+terminal's stderr, progress lines / a live step log / TensorBoard scalars every
+``monitor.log_every`` steps (:mod:`strata.training.monitor`), a per-step log and
 checkpoints at the steps the config fixes. On CPU a killed and resumed run ends with
 weights byte-identical to an uninterrupted one.
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +41,11 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from strata.training.checkpoint import CheckpointStore, rng_state, set_rng_state
-from strata.training.config import TrainConfig
+from strata.training.config import MonitorConfig, TrainConfig
+from strata.training.device import DeviceType, describe_device
 from strata.training.distributed import DistInfo, process_group
 from strata.training.interface import TrainableModel
+from strata.training.monitor import StepMonitor
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +115,22 @@ class RunSpec:
     meta: dict[str, Any]  # provenance (see checkpoint.run_meta); includes the config subset
     architecture: dict[str, Any]
     fingerprint: str  # config + data hash: a resume state must match it
+    name: str = ""  # the run in log lines (``hiera3d/pose``); default: run_dir
+    device_type: DeviceType = "cpu"  # resolve_device's decision; cuda = device cuda:<local rank>
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # not in the fingerprint: never changes results
 
 
-def device_and_autocast(precision: str, local_rank: int = 0
+def uses_bf16(precision: str, device_type: DeviceType) -> bool:
+    """bf16 autocast on CUDA with precision ``auto`` or ``bf16``; fp32 on the CPU."""
+    return device_type == "cuda" and precision in ("auto", "bf16")
+
+
+def device_and_autocast(precision: str, device_type: DeviceType = "cpu", local_rank: int = 0
                         ) -> tuple[torch.device, Callable[[], contextlib.AbstractContextManager]]:
-    """bf16 autocast on CUDA (``auto``/``bf16``, device ``cuda:<local_rank>``); fp32 everywhere else."""
-    if torch.cuda.is_available():
+    """The device (``cuda:<local_rank>`` or ``cpu``) and its autocast (bf16 on CUDA, see :func:`uses_bf16`)."""
+    if device_type == "cuda":
         device = torch.device("cuda", local_rank)
-        if precision in ("auto", "bf16"):
+        if uses_bf16(precision, device_type):
             return device, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         return device, contextlib.nullcontext
     return torch.device("cpu"), contextlib.nullcontext
@@ -172,7 +185,7 @@ def train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
 
     Returns the per-step log (also written to ``run_dir/train_log.parquet``).
     """
-    with process_group() as dist_info:
+    with process_group(spec.device_type == "cuda") as dist_info:
         return _train(model, dataset, spec, collate_fn, dist_info)
 
 
@@ -181,7 +194,10 @@ def _train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
     cfg, optim_cfg = spec.train, spec.train.optim
     world, rank = dist_info.world_size, dist_info.rank
     torch.manual_seed(spec.seed)
-    device, autocast = device_and_autocast(cfg.precision, dist_info.local_rank)
+    device, autocast = device_and_autocast(cfg.precision, spec.device_type, dist_info.local_rank)
+    name = spec.name or str(spec.run_dir)
+    if dist_info.is_main:
+        log.info("training %s on %s", name, describe_device(device, uses_bf16(cfg.precision, spec.device_type)))
     model.to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr,
                                   betas=optim_cfg.betas)
@@ -219,37 +235,44 @@ def _train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
                                           find_unused_parameters=True)
         log.info("DDP process %d of %d on %s (%s), %d of %d samples per step", rank, world, device,
                  dist.get_backend(), local, cfg.batch_size)
-    progress = tqdm(total=cfg.total_steps, initial=start, desc=f"train {spec.run_dir}", unit="step",
-                    disable=not dist_info.is_main)
-    for step, batch in enumerate(loader, start=start):
-        batch = _to_device(batch, device)
-        # per-sample randomness of the whole global batch from (seed, step); this rank's slice
-        shared = torch.Generator().manual_seed(step_seed(spec.seed, step))
-        for key, value in model.step_inputs(cfg.batch_size, shared).items():
-            batch[key] = value[rank * local:(rank + 1) * local].to(device)
-        torch.manual_seed(step_seed(spec.seed, step, rank))  # any other draw (dropout) of this step
-        with autocast():
-            loss, metrics = step_fn(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), optim_cfg.grad_clip)
-                     if optim_cfg.grad_clip > 0 else torch.tensor(float("nan")))
-        optimizer.step()
-        scheduler.step()
-        model.after_optimizer_step(step, cfg.total_steps)
-        names = list(metrics)
-        values = _mean_over_ranks([float(loss.detach()), *(float(metrics[k]) for k in names)], dist_info, device)
-        rows.append({"step": step + 1, "loss": values[0], "lr": scheduler.get_last_lr()[0],
-                     "grad_norm": float(grad_norm), **dict(zip(names, values[1:]))})
-        progress.update()
-        progress.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
-        if step + 1 in save_steps:
-            _check_replicas_agree(model, dist_info, device, step + 1)
-            if dist_info.is_main:
-                training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "rng": rng_state(), "step": step + 1}
-                store.save(step + 1, model, training, spec.meta, pd.DataFrame(rows), spec.architecture)
-    progress.close()
+    # the bar only on a terminal (disable=None): progress lines go to the log through the monitor
+    progress = tqdm(total=cfg.total_steps, initial=start, desc=f"train {name}", unit="step",
+                    disable=None if dist_info.is_main else True)
+    monitor = StepMonitor(spec.monitor, spec.run_dir, name, cfg.total_steps, start, cfg.batch_size,
+                          enabled=dist_info.is_main)
+    try:
+        for step, batch in enumerate(loader, start=start):
+            batch = _to_device(batch, device)
+            # per-sample randomness of the whole global batch from (seed, step); this rank's slice
+            shared = torch.Generator().manual_seed(step_seed(spec.seed, step))
+            for key, value in model.step_inputs(cfg.batch_size, shared).items():
+                batch[key] = value[rank * local:(rank + 1) * local].to(device)
+            torch.manual_seed(step_seed(spec.seed, step, rank))  # any other draw (dropout) of this step
+            with autocast():
+                loss, metrics = step_fn(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), optim_cfg.grad_clip)
+                         if optim_cfg.grad_clip > 0 else torch.tensor(float("nan")))
+            optimizer.step()
+            scheduler.step()
+            model.after_optimizer_step(step, cfg.total_steps)
+            names = list(metrics)
+            values = _mean_over_ranks([float(loss.detach()), *(float(metrics[k]) for k in names)], dist_info, device)
+            rows.append({"step": step + 1, "loss": values[0], "lr": scheduler.get_last_lr()[0],
+                         "grad_norm": float(grad_norm), **dict(zip(names, values[1:]))})
+            progress.update()
+            progress.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+            monitor.step(step + 1, {k: v for k, v in rows[-1].items() if k != "step"})
+            if step + 1 in save_steps:
+                _check_replicas_agree(model, dist_info, device, step + 1)
+                if dist_info.is_main:
+                    training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "rng": rng_state(), "step": step + 1}
+                    store.save(step + 1, model, training, spec.meta, pd.DataFrame(rows), spec.architecture)
+    finally:
+        progress.close()
+        monitor.close()
     frame = pd.DataFrame(rows)
     if dist_info.is_main:
         store.finish(frame)

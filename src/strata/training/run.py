@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from strata.config import ConfigError, ModelRunConfig, config_sha256, to_dict
 from strata.models.registry import FAMILIES, build_model
 from strata.training.checkpoint import run_meta
+from strata.training.config import MonitorConfig
 from strata.training.datasets import (
     CTVolumes,
     PoseSequences,
@@ -18,6 +19,7 @@ from strata.training.datasets import (
     data_hashes,
     pad_pose_sequences,
 )
+from strata.training.device import resolve_device
 from strata.training.loop import RunSpec, device_and_autocast, train
 
 
@@ -60,15 +62,26 @@ def open_dataset(family: str, data: str, cache_dir: Path, unit: str = "windows")
     return CTVolumes(manifest), [manifest]
 
 
-def train_run(family: str, run: str, cfg: ModelRunConfig, seed: int, cache_dir: Path, run_dir: Path) -> pd.DataFrame:
-    """Build the model (seeded), open its data and train it with the shared loop."""
+def train_run(family: str, run: str, cfg: ModelRunConfig, seed: int, cache_dir: Path, run_dir: Path, *,
+              gpus: int | None = None, monitor: MonitorConfig | None = None) -> pd.DataFrame:
+    """Build the model (seeded), open its data and train it with the shared loop.
+
+    ``gpus``: GPUs the job asks for (its Snakemake ``gpu`` resource; default the run's
+    ``train.gpus``); fewer visible ones stop the run here unless ``train.allow_cpu``.
+    ``monitor``: progress lines, live step log, TensorBoard (default :class:`MonitorConfig`;
+    never part of the fingerprint).
+    """
+    where = f"models.{family}.{run}.train"
+    device_type = resolve_device(f"{family}/{run}", f"{where}.gpus",
+                                 cfg.train.gpus if gpus is None else gpus, cfg.train.allow_cpu)
     dataset, manifests = open_dataset(family, cfg.data, cache_dir, cfg.unit)
     torch.manual_seed(seed)
     model = build_model(family, cfg.architecture, where=f"models.{family}.{run}.architecture")
     config = {"family": family, "run": run, **to_dict(cfg)}
     hashes = data_hashes(manifests)
     fingerprint = config_sha256({"config": config, "seed": seed, "data": hashes})
-    device, _ = device_and_autocast(cfg.train.precision)
+    device, _ = device_and_autocast(cfg.train.precision, device_type)
     spec = RunSpec(train=cfg.train, seed=seed, run_dir=run_dir, meta=run_meta(config, seed, hashes, device),
-                   architecture=cfg.architecture, fingerprint=fingerprint)
+                   architecture=cfg.architecture, fingerprint=fingerprint, name=f"{family}/{run}",
+                   device_type=device_type, monitor=monitor or MonitorConfig())
     return train(model, dataset, spec, collate_fn=pad_pose_sequences if cfg.unit == "sequences" else None)

@@ -1,4 +1,4 @@
-"""Fusion: visual features into the LLM's ``inputs_embeds`` (SPEC 4.4).
+"""Fusion: visual features into the LLM's ``inputs_embeds`` (docs/design.md §4.4).
 
 1. The perceiver resampler turns each volume's ViT tokens into ``I`` latents (32), and
    ``proj`` maps them to the LLM width: the global image gives ``I`` tokens, each listed

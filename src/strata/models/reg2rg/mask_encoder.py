@@ -1,4 +1,4 @@
-"""Frozen encoders of Reg2RG: the CT ViT-3D and the mask encoder (SPEC 4.4).
+"""Frozen encoders of Reg2RG: the CT ViT-3D and the mask encoder (docs/design.md §4.4).
 
 The mask encoder is the same ViT-3D design over the 1-channel region mask (full config:
 256 x 256 x 64, patch 32 x 32 x 16, width 255, depth 3 -> 256 tokens), mean-pooled to

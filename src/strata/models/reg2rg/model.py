@@ -1,4 +1,4 @@
-"""Reg2RG: region-guided report generation around a causal LM with LoRA (SPEC 4.4).
+"""Reg2RG: region-guided report generation around a causal LM with LoRA (docs/design.md §4.4).
 
 ``forward`` takes the collator's batch (:mod:`strata.reg2rg.dataset`):
 

@@ -1,4 +1,4 @@
-"""Perceiver resampler (Flamingo; RadFM / Reg2RG's adapter), SPEC 4.4.
+"""Perceiver resampler (Flamingo; RadFM / Reg2RG's adapter), docs/design.md §4.4.
 
 Learned latents ``[L, D]`` attend to the concatenation of the visual tokens and
 themselves (keys/values from ``[x; latents]``, queries from the latents), followed by a

@@ -1,4 +1,4 @@
-"""ViT-3D of RadFM, the frozen visual encoder of Reg2RG (SPEC 4.4).
+"""ViT-3D of RadFM, the frozen visual encoder of Reg2RG (docs/design.md §4.4).
 
 A volume ``[B, C, H, W, D]`` is cut into non-overlapping ``p_h x p_w x p_d`` patches,
 each flattened patch goes through LayerNorm -> Linear -> LayerNorm, a learned 3-D
