@@ -46,7 +46,7 @@ def progress_line(name: str, step: int, total: int, scalars: Mapping[str, float]
     parts = [f"{name} step {step}/{total} ({100 * step / total:.0f}%)"]
     parts += [f"{key} {scalars[key]:.4g}" for key in ("loss", "lr", "grad_norm")
               if key in scalars and not math.isnan(scalars[key])]
-    parts.append(f"{samples_per_s:.1f} samples/s ETA {datetime.timedelta(seconds=round(eta_s))}")
+    parts.append(f"{samples_per_s:.3g} samples/s ETA {datetime.timedelta(seconds=round(eta_s))}")
     return " ".join(parts)
 
 
