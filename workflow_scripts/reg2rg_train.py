@@ -13,22 +13,19 @@ from pathlib import Path
 import torch
 import yaml
 
-from strata.config import from_dict
+from strata.config import from_dict, to_dict
 from strata.logging_setup import snakemake_logging
 from strata.reg2rg.config import Reg2RGConfig
 from strata.reg2rg.train import Reg2RGInputs, train_reg2rg
-from strata.training.config import MonitorConfig
 from strata.training.device import resolve_device
 from strata.training.distributed import run_torchrun, threads_per_process
+from strata.training.monitor import workflow_monitor
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 
 with snakemake_logging(snakemake.log[0]) as log:
     cfg = from_dict(Reg2RGConfig, dict(snakemake.params.reg2rg), where="reg2rg")
-    # read from the workflow config, not the rule's params: logging never changes results,
-    # so editing `monitor` must not re-run the training
-    raw_monitor = dict(snakemake.config.get("monitor") or {})
-    monitor = from_dict(MonitorConfig, raw_monitor, where="monitor")
+    monitor = workflow_monitor(snakemake.config)
     gpus = int(snakemake.resources.get("gpu", 0))
     device = resolve_device(f"reg2rg/{cfg.run}", "reg2rg.gpus", gpus, cfg.allow_cpu)
     threads = threads_per_process(snakemake.threads, gpus)
@@ -46,7 +43,7 @@ with snakemake_logging(snakemake.log[0]) as log:
         run_dir.mkdir(parents=True, exist_ok=True)
         config = run_dir / "launch_config.yaml"
         config.write_text(yaml.safe_dump({"seed": int(snakemake.params.seed), "reg2rg": dict(snakemake.params.reg2rg),
-                                          "studies": list(inputs.study_ids), "monitor": raw_monitor}))
+                                          "studies": list(inputs.study_ids), "monitor": to_dict(monitor)}))
         run_torchrun(max(gpus, 1), "strata.reg2rg",
                      ["--config", str(config), "--tokenizer", str(inputs.tokenizer_dir), "--reports",
                       str(inputs.reports), "--tokens", str(token_dir), "--out", str(run_dir), "--threads", str(threads),

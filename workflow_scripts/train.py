@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from strata.config import ModelRunConfig, from_dict
+from strata.config import ModelRunConfig, from_dict, to_dict
 from strata.logging_setup import snakemake_logging
-from strata.training.config import MonitorConfig
 from strata.training.device import resolve_device
 from strata.training.distributed import run_torchrun, threads_per_process
+from strata.training.monitor import workflow_monitor
 from strata.training.run import train_run
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
@@ -23,9 +23,7 @@ snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 with snakemake_logging(snakemake.log[0]) as log:
     family, run = snakemake.params.family, snakemake.wildcards.run
     cfg = from_dict(ModelRunConfig, dict(snakemake.params.run_config), where=f"models.{family}.{run}")
-    # read from the workflow config, not the rule's params: logging never changes results,
-    # so editing `monitor` must not re-run the training
-    monitor = from_dict(MonitorConfig, dict(snakemake.config.get("monitor") or {}), where="monitor")
+    monitor = workflow_monitor(snakemake.config)
     run_dir = Path(snakemake.output.checkpoints).parent
     nproc = int(snakemake.resources.get("gpu", 0))
     device = resolve_device(f"{family}/{run}", f"models.{family}.{run}.train.gpus", nproc, cfg.train.allow_cpu)
@@ -37,7 +35,7 @@ with snakemake_logging(snakemake.log[0]) as log:
         launch = run_dir / "launch_config.yaml"  # the run's section for the torchrun processes
         launch.write_text(yaml.safe_dump({"seed": int(snakemake.params.seed),
                                           "run_config": dict(snakemake.params.run_config),
-                                          "monitor": dict(snakemake.config.get("monitor") or {})}))
+                                          "monitor": to_dict(monitor)}))
         run_torchrun(nproc, "strata.training",
                      ["--run-config", str(launch), "--family", family, "--run-name", run, "--gpus", str(nproc),
                       "--cache", str(snakemake.params.cache), "--out", str(run_dir), "--threads", str(threads)],

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from strata.config import from_dict
 from strata.io.atomic import write_parquet
 from strata.training.config import MonitorConfig
 
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 
 LIVE_LOG = "live_log.parquet"
 TENSORBOARD = "tensorboard"
+
+
+def workflow_monitor(config: Mapping[str, Any]) -> MonitorConfig:
+    """The ``monitor`` section of the workflow config. Entry points read it there, never
+    from rule params: logging does not change results, so editing it must not re-run training."""
+    return from_dict(MonitorConfig, dict(config.get("monitor") or {}), where="monitor")
 
 
 def progress_line(name: str, step: int, total: int, scalars: Mapping[str, float], samples_per_s: float,
