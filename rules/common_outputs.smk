@@ -128,6 +128,9 @@ def evaluate_inputs(wildcards):
     labels = pose_task_labels(wildcards)
     if labels:
         inputs["labels"] = labels
+    if wildcards.family in EMBEDDING_FAMILIES and int(wildcards.step) != 0:
+        # the random initialisation (checkpoint step 0): the random_init baseline
+        inputs["init"] = "results/{family}/{run}/generate/0/outputs.parquet".format(**wildcards)
     return inputs
 
 

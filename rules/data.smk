@@ -22,6 +22,8 @@ if config["data"]["demo"]:
         output:
             npy=config["data"]["pose"]["path"],
             parquet=pose_long_path(),
+            # the demo's MABe22 test-label file, where data.pose.labels names one
+            **({"labels": config["data"]["pose"]["labels"]} if config["data"]["pose"].get("labels") else {}),
         log:
             "results/logs/demo_data_pose.log",
         benchmark:

@@ -40,6 +40,13 @@ rule summarize:
             labels={"table": "metrics per checkpoint"},
         ),
         markdown="results/summary/metrics.md",
+        baselines=report(
+            "results/summary/baselines.csv",
+            caption="../report/summary_baselines.rst",
+            category="Summary",
+            subcategory="Baselines",
+            labels={"table": "every checkpoint against its baselines"},
+        ),
         best=report(
             "results/summary/best_checkpoints.csv",
             caption="../report/summary_best.rst",
@@ -57,3 +64,18 @@ rule summarize:
         best_checkpoint=config_subset("evaluation", "best_checkpoint"),
     script:
         "../workflow_scripts/summarize.py"
+
+
+rule verdict:
+    input:
+        metrics=all_metrics(),
+        best="results/summary/best_checkpoints.csv",
+    output:
+        markdown="results/summary/verdict.md",
+        csv="results/summary/verdict.csv",
+    log:
+        "results/logs/verdict.log",
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../workflow_scripts/verdict.py"

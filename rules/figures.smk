@@ -119,3 +119,30 @@ rule figures_reg2rg:
         best=best_rule,
     script:
         "../workflow_scripts/figures_reg2rg.py"
+
+
+rule figures_probes:
+    input:
+        metrics=run_metrics,
+    output:
+        probes=report(
+            "results/figures/{family}/{run}/probes.png",
+            caption="../report/probes.rst",
+            category="Probes against baselines",
+            subcategory="{family}",
+            labels={"model": "{family}", "run": "{run}", "figure": "probes per level"},
+        ),
+    log:
+        "results/logs/figures_probes/{family}/{run}.log",
+    benchmark:
+        "results/benchmarks/figures_probes/{family}/{run}.tsv"
+    wildcard_constraints:
+        family="|".join(EMBEDDING_FAMILIES),
+        run=evaluated_runs(),
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    params:
+        best=best_rule,
+    script:
+        "../workflow_scripts/figures_probes.py"

@@ -123,6 +123,8 @@ def nifti_study(tmp_path: Path) -> SmallStudy:
 # --------------------------------------------------------------------------- cached features
 
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
+# the demo DAG at test sizes (every rule, a few steps): the workflow tests run it by --configfile
+TEST_CONFIG = REPO / "config" / "test.yaml"
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_workflow, planned_jobs, run_snakemake
+from conftest import REPO, TEST_CONFIG, copy_workflow, planned_jobs, run_snakemake
 
 from strata.config import ConfigError, StrataConfig, from_dict, load_config
+from strata.evaluation.targets import EMBEDDING_FAMILIES
 from strata.schema import validate_config
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -35,6 +36,52 @@ def test_shipped_configs_are_valid(path):
     raw = yaml.safe_load((REPO / path).read_text())
     validate_config({**raw, "data": {**raw["data"], "demo": True}})
     assert isinstance(from_dict(StrataConfig, raw), StrataConfig)
+
+
+def dotted_keys(node: object, prefix: str = "") -> set[str]:
+    """Every key path of a parsed YAML tree (``a.b.c``), values dropped."""
+    if not isinstance(node, dict):
+        return set()
+    return {path for key, value in node.items()
+            for path in {f"{prefix}{key}", *dotted_keys(value, f"{prefix}{key}.")}}
+
+
+def test_test_config_is_valid_and_has_the_default_keys():
+    """config/test.yaml, the workflow tests' --configfile (which replaces the default wholly), is
+    a valid demo config with every key of config/config.yaml outside ``models:`` and no other,
+    and runs every model family of the default and its embedding families on both data kinds:
+    the two never drift apart."""
+    test = yaml.safe_load(TEST_CONFIG.read_text())
+    validate_config(test, source=str(TEST_CONFIG))
+    assert from_dict(StrataConfig, test).data.demo
+    outside = {key: value for key, value in DEFAULT.items() if key != "models"}
+    test_outside = {key: value for key, value in test.items() if key != "models"}
+    missing = sorted(dotted_keys(outside) - dotted_keys(test_outside))
+    extra = sorted(dotted_keys(test_outside) - dotted_keys(outside))
+    assert (missing, extra) == ([], []), f"config/test.yaml lacks {missing}, has extra {extra}"
+    assert set(DEFAULT["models"]) <= {family for family, runs in test["models"].items() if runs}
+
+    def embedding_data(models: dict) -> set[str]:
+        return {run["data"] for family in EMBEDDING_FAMILIES for run in models.get(family, {}).values()}
+
+    assert embedding_data(DEFAULT["models"]) <= embedding_data(test["models"])
+
+
+def test_test_config_studies_hold_every_finding_class_twice():
+    """The few CT studies of config/test.yaml (its seed picks them) hold every class of every
+    probed finding at least twice, so the CT probes train on every class, and a DICOM study."""
+    from collections import Counter
+
+    from strata.ct.demo_plan import demo_plan, nodule_size_class
+
+    cfg = load_config(TEST_CONFIG)
+    plans = demo_plan(cfg.data.ct, cfg.demo.ct, cfg.seed)
+    findings = {"nodule": Counter(nodule_size_class(p.findings.nodule_mm) for p in plans),
+                "cardiomegaly": Counter(p.findings.cardiomegaly for p in plans),
+                "effusion": Counter(p.findings.effusion for p in plans)}
+    assert {name: len(counts) for name, counts in findings.items()} == {"nodule": 3, "cardiomegaly": 2, "effusion": 3}
+    assert all(n >= 2 for counts in findings.values() for n in counts.values()), findings
+    assert any(p.kind == "dicom" for p in plans)
 
 
 CASES = [

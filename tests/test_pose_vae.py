@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from strata.models.pose_vae import PoseVAE, PoseVAEConfig, frame_attention
+from strata.models.pose_vae import BodyOutput, PoseVAE, PoseVAEConfig, frame_attention, overlap_add
 from strata.models.registry import build_model
 from strata.training.loop import parameter_groups
 
@@ -86,6 +86,12 @@ def test_invalid_arguments_raise_with_a_message():
         PoseVAE(tiny(free_bits=0.0))
     with pytest.raises(ValueError, match="chunk_len must be a positive integer"):
         PoseVAE(tiny(chunk_len=0))
+    with pytest.raises(ValueError, match="output must be 'keypoints' or 'body'"):
+        PoseVAE(tiny(output="angles"))
+    with pytest.raises(ValueError, match="output 'body' needs features = agents x 12"):
+        PoseVAE(tiny(output="body"))
+    with pytest.raises(ValueError, match="chunk_overlap must be in"):
+        PoseVAE(tiny(chunk_overlap=L + 1))
     m = model()
     with pytest.raises(ValueError, match="F = 6"):
         m(torch.randn(2, 10, 7))
@@ -95,13 +101,64 @@ def test_invalid_arguments_raise_with_a_message():
         m.decode(torch.randn(1, 3, 4), num_frames=10)
 
 
+@pytest.mark.parametrize("overlap", [0, 2])
+@pytest.mark.parametrize("frames", [13, 3])
+def test_body_output_and_chunk_overlap_keep_every_frame(overlap, frames):
+    m = model(features=48, output="body", chunk_overlap=overlap, linear_chunk_path=True)  # 2 agents
+    x = torch.randn(2, frames, 48)
+    out = m(x)
+    assert out.recon.shape == (2, frames, 48) and torch.isfinite(out.recon).all()
+    assert m.sample_prior(3, frames).pose.shape == (3, frames, 48)
+    assert {"body.template", "body.log_spread"} <= m.no_weight_decay()
+
+
+def test_body_output_places_the_template_by_centre_and_heading():
+    body = BodyOutput(24, span=8)  # one agent
+    with torch.no_grad():
+        body.template.copy_(torch.randn(1, 12, 2))
+    params = torch.zeros(28)
+    params[0:2] = torch.tensor([3.0, -1.0])  # centre
+    params[2:4] = torch.tensor([-1.0, 2.0])  # + (1, 0): heading +y, a quarter turn to the left
+    keypoints = body(params).reshape(12, 2)
+    template = body.template[0].detach()  # (K, 2)
+    rotated = torch.stack([-template[:, 1], template[:, 0]], -1)
+    torch.testing.assert_close(keypoints, rotated + torch.tensor([3.0, -1.0]))
+    params[4:] = 1e3  # the offsets are bounded by the learned spread, however large the input
+    offset = body(params).reshape(12, 2) - keypoints
+    assert torch.all(offset.norm(dim=-1) <= body.log_spread[0].exp().norm(dim=-1) + 1e-5)
+    # smoothing keeps a cubic centre track and leaves the offsets alone
+    t = torch.linspace(0.0, 1.0, 8)
+    chunks = torch.randn(1, 1, 8, 28)
+    chunks[..., 0] = 1 + t - 2 * t ** 3
+    smooth = body.smooth(chunks)
+    torch.testing.assert_close(smooth[..., 0], chunks[..., 0])
+    torch.testing.assert_close(smooth[..., 4:], chunks[..., 4:])
+    assert not torch.allclose(body.smooth(torch.randn(1, 1, 8, 28))[..., 1], chunks[..., 1])
+
+
+def test_overlap_add_cross_fades_neighbouring_chunks():
+    n, length, h = 3, 4, 1
+    agree = torch.arange(n * length + 2 * h, dtype=torch.float32) - h  # each chunk predicts the frame index
+    chunks = agree.unfold(0, length + 2 * h, length)[None, :, :, None]  # (1, N, L + 2h, 1)
+    torch.testing.assert_close(overlap_add(chunks, length, h)[0, :, 0], torch.arange(12.0))
+    steps = torch.arange(3.0)[None, :, None, None].expand(1, 3, 6, 1)  # chunk n predicts n everywhere
+    faded = overlap_add(steps, length, h)[0, :, 0]
+    torch.testing.assert_close(faded, torch.tensor([0, 0, 0, 0.25, 0.75, 1, 1, 1.25, 1.75, 2, 2, 2]))
+    padded_chunk = overlap_add(steps, length, h, torch.tensor([[True, True, False]]))[0, :, 0]
+    torch.testing.assert_close(padded_chunk[:9], torch.tensor([0, 0, 0, 0.25, 0.75, 1, 1, 1, 1]))  # chunk 2 ignored
+    assert (padded_chunk[9:] == 0).all()  # frames only the padded chunk covers
+    plain = torch.arange(3.0)[None, :, None, None].expand(1, 3, 4, 1)  # no overlap: chunks side by side
+    torch.testing.assert_close(overlap_add(plain, length, 0)[0, :, 0], torch.arange(3.0).repeat_interleave(4))
+
+
 # --------------------------------------------------------------------------- masking
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("linear", [False, True])
-def test_padded_frames_affect_neither_loss_nor_real_outputs(pooling, linear):
-    m = model(pooling=pooling, linear_chunk_path=linear)
+@pytest.mark.parametrize("overlap", [0, 2])
+def test_padded_frames_affect_neither_loss_nor_real_outputs(pooling, linear, overlap):
+    m = model(pooling=pooling, linear_chunk_path=linear, chunk_overlap=overlap)
     x = torch.randn(2, 17, F)  # 4 chunks; sample 0 is real for 8 frames (chunks 3 and 4 all padding)
     frame_mask = torch.ones(2, 17, dtype=torch.bool)
     frame_mask[0, 8:] = False

@@ -23,11 +23,11 @@ from strata.reg2rg.tokenizer import train_tokenizer
 pytest_plugins = ["test_reg2rg_support"]  # the fake_cache fixture
 
 
-def _dataset(fc, train=True, **data):
+def _dataset(fc, train=True, repeats=1, **data):
     cfg = fc["cfg"].data if not data else Reg2RGDataConfig(**{**fc["cfg"].data.__dict__, **data})
     return Reg2RGDataset(study_ids=fc["ids"], sentences=study_sentences(pd.read_parquet(fc["reports"])),
                          source=TokenCacheSource(fc["tokens"]), tokenizer=fc["tokenizer"], layout=fc["layout"],
-                         cfg=cfg, seed=7, train=train)
+                         cfg=cfg, seed=7, train=train, repeats=repeats)
 
 
 def test_demo_tokenizer_is_trained_reproducibly_and_round_trips(fake_cache):
@@ -69,7 +69,7 @@ def test_decoded_example_has_the_prompt_and_labels_only_on_the_report(fake_cache
 
 
 def test_region_order_is_shuffled_per_sample_and_epoch_in_training_only(fake_cache):
-    train, evaluation = _dataset(fake_cache), _dataset(fake_cache, train=False)
+    train, evaluation = _dataset(fake_cache, shuffle_regions=True), _dataset(fake_cache, train=False)
     index = 1  # all ten regions
     orders = []
     for epoch in range(4):
@@ -117,3 +117,10 @@ def test_over_long_sequences_fail_naming_the_study_or_are_truncated_keeping_eos(
                         Reg2RGDataConfig(len(exact.input_ids), "error", False))
     assert fit.input_ids == exact.input_ids and not fit.truncated
     assert torch.tensor(fit.labels)[-1] == tok.eos_token_id
+
+
+def test_repeats_pass_over_the_studies_several_times_per_epoch(fake_cache):
+    once, thrice = _dataset(fake_cache), _dataset(fake_cache, repeats=3)
+    n = len(fake_cache["ids"])
+    assert len(thrice) == 3 * len(once) == 3 * n
+    assert torch.equal(thrice[n + 1]["lang_x"], once[1]["lang_x"])  # item i is study i % n

@@ -24,7 +24,7 @@ TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_zero2_trains_on_cpu_with_torchrun(tmp_path, fake_cache, nproc):
     section = raw_demo_section()
-    section["train"].update(epochs=1, grad_accum=1, warmup_steps=1)
+    section["train"].update(epochs=1, grad_accum=1, warmup_steps=1, repeats=1)
     section["deepspeed"] = str(REPO / "config" / "deepspeed" / "zero2.json")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"seed": 1234, "reg2rg": section}))

@@ -102,7 +102,7 @@ def test_two_processes_follow_the_single_process_loss_curve(runs, family):
                                    atol=1e-3 if family != "hiera3d" else 1e-4, err_msg=name)
     # rank 0 alone wrote the run folder: the same files as a single-process run, no leftovers
     assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir())
-    assert sorted(p.name for p in (double / "checkpoints").iterdir()) == [str(SAVE_EVERY), str(STEPS)]
+    assert sorted(p.name for p in (double / "checkpoints").iterdir()) == ["0", str(SAVE_EVERY), str(STEPS)]
     assert sorted(p.name for p in (double / "checkpoints" / str(STEPS)).iterdir()) == sorted([WEIGHTS, STATE, META])
 
 
@@ -194,7 +194,7 @@ def test_reg2rg_rule_with_two_gpus_runs_zero2_in_two_processes(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw["reg2rg"].update(gpus=2, deepspeed="config/deepspeed/zero2.json", allow_cpu=True)
-    raw["reg2rg"]["train"].update(epochs=1, grad_accum=1, warmup_steps=1)
+    raw["reg2rg"]["train"].update(epochs=1, grad_accum=1, warmup_steps=1, repeats=1)
     (workdir / "ddp.yaml").write_text(yaml.safe_dump(raw))
     run = raw["reg2rg"]["run"]
     target = f"results/reg2rg/{run}/train_log.parquet"

@@ -75,7 +75,7 @@ def test_step_sampler_batches_depend_only_on_seed_and_step():
 
 def test_checkpoints_log_and_provenance(tmp_path):
     log = train(fresh_model(), dataset(), spec(tmp_path))
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [10, 20, 30]
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [0, 10, 20, 30]  # 0: the initialisation
     assert not (tmp_path / "resume").exists()
     assert log["step"].tolist() == list(range(1, 31))
     assert pd.read_parquet(tmp_path / "train_log.parquet").equals(log)
@@ -90,10 +90,10 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     train(fresh_model(), dataset(), spec(tmp_path / "straight"))
     with pytest.raises(Interrupted):
         train(fresh_model(fail_at=15), dataset(), spec(tmp_path / "resumed"))
-    assert sorted(p.name for p in (tmp_path / "resumed" / "resume").iterdir()) == ["10"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "resume").iterdir()) == ["0", "10"]
     log = train(fresh_model(), dataset(), spec(tmp_path / "resumed"))
     assert log["step"].tolist() == list(range(1, 31))
-    for step in (10, 20, 30):
+    for step in (0, 10, 20, 30):
         a = (tmp_path / "straight" / "checkpoints" / str(step) / WEIGHTS).read_bytes()
         b = (tmp_path / "resumed" / "checkpoints" / str(step) / WEIGHTS).read_bytes()
         assert a == b, step
@@ -116,8 +116,8 @@ def test_resumed_run_restores_the_checkpoints_its_rerun_deleted(tmp_path):
         train(fresh_model(fail_at=25), dataset(), spec(tmp_path / "resumed"))
     shutil.rmtree(tmp_path / "resumed" / "checkpoints")  # what Snakemake does before the retry
     train(fresh_model(), dataset(), spec(tmp_path / "resumed"))
-    assert sorted(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [10, 20, 30]
-    for step in (10, 20, 30):
+    assert sorted(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [0, 10, 20, 30]
+    for step in (0, 10, 20, 30):
         for name in (WEIGHTS, "meta.json"):
             a = (tmp_path / "straight" / "checkpoints" / str(step) / name).read_bytes()
             assert a == (tmp_path / "resumed" / "checkpoints" / str(step) / name).read_bytes(), (step, name)

@@ -11,6 +11,11 @@ snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 with snakemake_logging(snakemake.log[0]) as log:
     cfg = from_dict(DemoPoseConfig, dict(snakemake.params.demo), where="demo.pose")
     log.info("demo pose %s, seed %d", cfg, snakemake.params.seed)
+    labels = getattr(snakemake.output, "labels", None)  # only where data.pose.labels is set
     write_demo_pose(
-        cfg, int(snakemake.params.seed), Path(snakemake.output.npy), Path(snakemake.output.parquet)
+        cfg,
+        int(snakemake.params.seed),
+        Path(snakemake.output.npy),
+        Path(snakemake.output.parquet),
+        Path(labels) if labels else None,
     )

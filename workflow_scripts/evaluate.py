@@ -25,6 +25,7 @@ with snakemake_logging(snakemake.log[0]) as log:
         demo_findings=demo_findings(snakemake.params.demo_findings),
         pose_labels=Path(labels) if (labels := getattr(snakemake.input, "labels", None)) else None,
         pose_source=str(snakemake.config["data"]["pose"]["path"]),
+        init_generated=Path(init) if (init := getattr(snakemake.input, "init", None)) else None,
     )
     metrics = evaluate(job)
     log.info("%d metrics for %s/%s step %d", len(metrics), job.family, job.run, job.step)

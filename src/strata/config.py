@@ -174,7 +174,8 @@ class DemoCTConfig:
 
 @dataclass(frozen=True)
 class DemoPoseConfig:
-    """Size of the synthetic MABe22-style mouse-triplet demo."""
+    """Size of the synthetic MABe22-style mouse-triplet demo (its labels at three time
+    scales: :mod:`strata.pose.demo`)."""
 
     n_sequences: int
     n_frames: int

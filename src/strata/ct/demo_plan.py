@@ -66,19 +66,30 @@ def region_sentences(findings: DemoFindings, regions: tuple[str, ...]) -> dict[s
     return {r: sentences[r] for r in REGIONS if r in regions}
 
 
+#: every (nodule class, cardiomegaly, effusion) combination: 3 x 2 x 3 = 18
+FINDING_COMBINATIONS = [(n, c, e) for n in range(3) for c in (False, True) for e in ("none", "left", "right")]
+
+
 def demo_plan(data: CTDataConfig, demo: DemoCTConfig, seed: int) -> list[DemoStudyPlan]:
-    """Deterministic plan of every demo study (NIfTI studies first, then DICOM series)."""
+    """Deterministic plan of every demo study (NIfTI studies first, then DICOM series).
+
+    Findings are balanced and independent: each block of 18 consecutive studies holds every
+    combination once, in a seeded order (so a few studies already show several classes)."""
     plans = []
+    order: list[int] = []
     for index in range(demo.n_nifti + demo.n_dicom):
+        if index % len(FINDING_COMBINATIONS) == 0:
+            block = index // len(FINDING_COMBINATIONS)
+            order = list(np.random.default_rng([seed, 18, block]).permutation(len(FINDING_COMBINATIONS)))
+        nodule_class, cardiomegaly, effusion = FINDING_COMBINATIONS[order[index % len(FINDING_COMBINATIONS)]]
         rng = np.random.default_rng([seed, 7, index])
         kind: Literal["nifti", "dicom"] = "nifti" if index < demo.n_nifti else "dicom"
-        # Cycle the nodule classes so every class appears even in a tiny demo.
-        nodule = (0, int(rng.integers(8, 15)), int(rng.integers(18, 31)))[index % 3]
+        nodule = (0, int(rng.integers(8, 15)), int(rng.integers(18, 31)))[nodule_class]
         findings = DemoFindings(
             nodule_mm=nodule,
             nodule_side="left" if rng.random() < 0.5 else "right",
-            cardiomegaly=bool(rng.random() < 0.4),
-            effusion=("none", "left", "right")[int(rng.integers(0, 3))] if rng.random() < 0.5 else "none",
+            cardiomegaly=cardiomegaly,
+            effusion=effusion,
         )
         missing = {r for r in OPTIONAL_REGIONS if rng.random() < 0.35}
         regions = tuple(r for r in REGIONS if r not in missing)

@@ -48,7 +48,7 @@ class SeriesCheck:
 
     @property
     def has_gaps(self) -> bool:
-        return len(self.positions) != int(round(abs(self.positions[-1] - self.positions[0]) / self.slice_spacing)) + 1
+        return len(self.positions) != round(abs(self.positions[-1] - self.positions[0]) / self.slice_spacing) + 1
 
 
 def _read_header(path: Path) -> SliceHeader:

@@ -89,7 +89,7 @@ def fill_missing_slices(image: MetaTensor, positions: np.ndarray, spacing: float
     at the uniform positions, so the volume keeps its geometry and matches its masks.
     """
     step = spacing if positions[-1] > positions[0] else -spacing
-    n_full = int(round((positions[-1] - positions[0]) / step)) + 1
+    n_full = round((positions[-1] - positions[0]) / step) + 1
     targets = positions[0] + step * np.arange(n_full)
     source_index = np.interp(targets * np.sign(step), positions * np.sign(step), np.arange(len(positions)))
     data = resample_axis(image.as_tensor(), 3, source_index, "bilinear")

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Ridge linear probes (hBehaveMAE's protocol: fixed alpha grid, deterministic split).
+    """Ridge linear probes (hBehaveMAE's protocol: fixed alpha grid, deterministic splits;
+    :mod:`strata.evaluation.protocol`).
 
     Args:
         alphas: ridge penalties tried; the one with the lowest efficient leave-one-out
             error on the training part is used (``RidgeClassifierCV``: no randomness).
-        pose_test_sequences: held-out pose sequences, the last ones in sorted name order.
-        ct_split: ``stratified_kfold`` (each study tested once, by a probe fitted on the
-            other folds; class balance kept) or ``leave_one_out`` (biased below chance on
-            balanced classes, see :mod:`strata.evaluation.probes`).
-        ct_folds: k of ``stratified_kfold``.
+        folds: test folds over the non-validation groups (pose sequences; CT studies,
+            stratified by finding combination); every group is tested once.
+        validation_fraction: groups set aside to choose the best checkpoint (``*_val``
+            metrics); never part of a reported test number.
+        bootstrap: resamples of held-out units (pose: behaviour segments; CT: studies) for
+            the 95 % intervals of scores and margins.
+        pose_test_sequences: pose VAE metrics and figures: the held-out sequences, the last
+            ones in sorted name order.
     """
 
     alphas: tuple[float, ...]
+    folds: int
+    validation_fraction: float
+    bootstrap: int
     pose_test_sequences: int
-    ct_split: Literal["stratified_kfold", "leave_one_out"]
-    ct_folds: int
 
 
 @dataclass(frozen=True)

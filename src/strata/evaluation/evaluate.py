@@ -9,6 +9,8 @@ family   string   model family
 run      string   run name
 step     int64    checkpoint step
 level    string   hierarchy level (``0``, ``1``, ..) or ``all`` for per-run metrics
+model    string   ``trained`` (the checkpoint) or the name of a baseline scored by the
+                  same protocol on the same rows (:mod:`strata.evaluation.baselines`)
 metric   string   metric name (below)
 value    float64  the value
 =======  =======  ==============================================================
@@ -38,25 +40,25 @@ demo, finding-level accuracy (:mod:`strata.evaluation.reg2rg`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
 
 from strata.ct.demo_plan import DemoFindings
+from strata.evaluation.baselines import RANDOM_INIT, CTBaselines, Features, PoseBaselines
 from strata.evaluation.config import ProbeConfig
-from strata.evaluation.data import held_out_sequences, pose_windows
-from strata.evaluation.posevae import vae_metrics
-from strata.evaluation.probes import (
-    ProbeResult,
-    cross_validated_probe,
-    leave_one_out_probe,
-    split_probe,
-    stratified_folds,
+from strata.evaluation.posevae import posevae_metrics
+from strata.evaluation.probes import scores
+from strata.evaluation.protocol import (
+    Predictions,
+    bootstrap_intervals,
+    cross_validated,
+    group_split,
+    segment_units,
 )
 from strata.evaluation.reg2rg import reg2rg_metrics
 from strata.evaluation.tasks import task_level_metrics
@@ -64,7 +66,10 @@ from strata.pose.labels import TaskLabels, check_overlap, read_task_labels
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("family", "run", "step", "level", "metric", "value")
+COLUMNS = ("family", "run", "step", "level", "model", "metric", "value")
+TRAINED = "trained"
+#: model -> level -> metric -> value (:data:`TRAINED` always present)
+Metrics = dict[str, dict[str, dict[str, float]]]
 CT_FINDINGS = ("nodule_size", "cardiomegaly", "effusion")
 
 
@@ -85,6 +90,8 @@ class EvaluateJob:
         pose_labels: pose embedding runs: a label file in MABe22's test-label format
             (``data.pose.labels``; None: no task probes).
         pose_source: the pose file the cache was made from (named in label-file errors).
+        init_generated: embedding runs: the generate output of checkpoint step 0 (the random
+            initialisation), probed as the ``random_init`` baseline (None: not scored).
     """
 
     family: str
@@ -98,25 +105,22 @@ class EvaluateJob:
     demo_findings: Mapping[str, DemoFindings] | None = None
     pose_labels: Path | None = None
     pose_source: str = ""
+    init_generated: Path | None = None
+    baselines: bool = True
 
 
-def probe_metrics(result: ProbeResult, suffix: str = "") -> dict[str, float]:
-    return {f"probe_accuracy{suffix}": result.accuracy, f"probe_macro_f1{suffix}": result.macro_f1,
-            f"probe_alpha{suffix}": result.alpha, f"probe_n_train{suffix}": float(result.n_train),
-            f"probe_n_test{suffix}": float(result.n_test)}
-
-
-def pose_level_metrics(rows: pd.DataFrame, x: np.ndarray, probe: ProbeConfig) -> dict[str, float]:
-    """The per-frame behaviour probe; nothing without labels (a warning when labels exist but
-    fewer than two sequences carry them, so no split by sequence is possible)."""
-    labels = rows["label"].to_numpy()
-    labelled = rows.loc[labels >= 0, "sequence"].unique()
-    if len(labelled) < 2:
-        if len(labelled):
-            log.warning("only sequence %s has behaviour labels: no behaviour probe", labelled[0])
-        return {}
-    is_test = rows["sequence"].isin(held_out_sequences(labelled, probe.pose_test_sequences)).to_numpy()
-    return probe_metrics(split_probe(x, labels, is_test, probe.alphas))
+def probe_scores(preds: Sequence[Predictions], suffix: str = "") -> dict[str, float]:
+    """Test and validation scores of probes (one per task; CT: per finding), averaged."""
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+    test = [scores(p.y, p.pred) for p in preds]
+    val = [scores(p.val_y, p.val_pred) for p in preds if len(p.val_y)]
+    return {f"probe_accuracy{suffix}": mean([a for a, _ in test]), f"probe_macro_f1{suffix}": mean([f for _, f in test]),
+            f"probe_accuracy_val{suffix}": mean([a for a, _ in val]),
+            f"probe_macro_f1_val{suffix}": mean([f for _, f in val]),
+            f"probe_alpha{suffix}": float(np.nanmedian([p.alpha for p in preds])) if preds else float("nan"),
+            f"probe_n_train{suffix}": float(np.median([p.n_train for p in preds])),
+            f"probe_n_test{suffix}": float(len(preds[0].y)), f"probe_n_val{suffix}": float(len(preds[0].val_y))}
 
 
 def embedding_statistics(x: np.ndarray) -> dict[str, float]:
@@ -133,65 +137,99 @@ def embedding_statistics(x: np.ndarray) -> dict[str, float]:
     return out
 
 
-def ct_level_metrics(rows: pd.DataFrame, x: np.ndarray, probe: ProbeConfig,
-                     findings: Mapping[str, Mapping[str, str]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name in CT_FINDINGS:
-        _, y = np.unique([findings[s][name] for s in rows["sample_id"]], return_inverse=True)
-        if probe.ct_split == "leave_one_out":
-            result = leave_one_out_probe(x, y, probe.alphas)
-        else:
-            result = cross_validated_probe(x, y, stratified_folds(y, probe.ct_folds), probe.alphas)
-        out.update(probe_metrics(result, f"/{name}"))
-    for key in ("probe_accuracy", "probe_macro_f1"):
-        out[key] = float(np.mean([out[f"{key}/{name}"] for name in CT_FINDINGS]))
+def _level_probes(job: EvaluateJob, rows: pd.DataFrame, features: Mapping[str, Features]
+                  ) -> dict[str, list[Predictions]] | None:
+    """Every model's probes on one level: pose the behaviour label, CT each finding."""
+    groups = rows["sequence"].astype(str).to_numpy()
+    if job.data == "pose":
+        y = rows["label"].to_numpy(np.int64)
+        labelled = sorted(set(groups[y >= 0]))
+        if len(labelled) < 3:
+            if labelled:
+                log.warning("only %d sequences have behaviour labels: no behaviour probe", len(labelled))
+            return None
+        split = group_split(labelled, job.probe.folds, job.probe.validation_fraction)
+        units = segment_units(groups, rows["frame"].to_numpy(np.int64), y)
+        targets = [y]
+    else:
+        if job.ct_findings is None:
+            return None
+        combination = {s: "/".join(str(job.ct_findings[s][f]) for f in CT_FINDINGS) for s in groups}
+        split = group_split(list(groups), job.probe.folds, job.probe.validation_fraction, combination)
+        units = np.arange(len(rows))
+        targets = [np.unique([job.ct_findings[s][f] for s in groups], return_inverse=True)[1] for f in CT_FINDINGS]
+    return {model: [cross_validated(f.x, y, groups, units, split, job.probe.alphas, f.reduce_to) for y in targets]
+            for model, f in features.items()}
+
+
+def _probe_metrics(job: EvaluateJob, preds: dict[str, list[Predictions]]) -> dict[str, dict[str, float]]:
+    """Scores, bootstrap intervals and paired margins (trained minus each baseline)."""
+    out: dict[str, dict[str, float]] = {}
+    # seed 0 for every job: the same resamples for every checkpoint and baseline
+    intervals = bootstrap_intervals(preds, TRAINED, job.probe.bootstrap, seed=0)
+    for model, probes in preds.items():
+        metrics = probe_scores(probes)
+        if job.data == "ct":
+            for name, p in zip(CT_FINDINGS, probes, strict=True):
+                metrics.update({k: v for k, v in probe_scores([p], f"/{name}").items()
+                                if k.startswith(("probe_macro_f1", "probe_accuracy"))})
+        low, high, m_low, m_high = intervals[model]
+        metrics.update({"probe_macro_f1_ci_low": low, "probe_macro_f1_ci_high": high})
+        if model != TRAINED:
+            metrics.update({"probe_macro_f1_margin_ci_low": m_low, "probe_macro_f1_margin_ci_high": m_high})
+        out[model] = metrics
     return out
 
 
-def embedding_metrics(job: EvaluateJob) -> dict[str, dict[str, float]]:
+def embedding_metrics(job: EvaluateJob) -> Metrics:
+    """The checkpoint's embeddings and every baseline (:mod:`strata.evaluation.baselines`),
+    per level: statistics, probes, task probes (pose label file)."""
     table = pd.read_parquet(job.generated)
+    init = pd.read_parquet(job.init_generated) if job.init_generated is not None and job.step != 0 else None
     tasks: tuple[TaskLabels, list[str]] | None = None
     if job.data == "pose" and job.pose_labels is not None:
         labels = read_task_labels(job.pose_labels)
         source = job.pose_source or str(job.cache_dir / "pose" / "manifest.parquet")
         tasks = labels, check_overlap(labels, table["sequence"].unique(), source)
         log.info("%s: %d tasks over %d labelled pose sequences", labels.path, len(labels.tasks), len(tasks[1]))
-    out = {}
+    raw = (PoseBaselines if job.data == "pose" else CTBaselines)(job.cache_dir) if job.baselines else None
+    out: Metrics = {}
     for level, rows in table.groupby("level", sort=True):
-        rows = rows.sort_values(["sample_id", "frame"], kind="stable").reset_index(drop=True)
+        rows = _sorted(rows)
         x = np.stack(rows["embedding"].to_numpy()).astype(np.float64)
-        metrics = embedding_statistics(x)
-        if job.data == "pose":
-            metrics.update(pose_level_metrics(rows, x, job.probe))
-            if tasks is not None:
-                metrics.update(task_level_metrics(rows, x, *tasks, job.probe.pose_test_sequences, job.probe.alphas,
-                                                  where=f"level {level}"))
-        elif job.ct_findings is not None:
-            metrics.update(ct_level_metrics(rows, x, job.probe, job.ct_findings))
-        out[str(level)] = metrics
+        features = {TRAINED: Features(x)}
+        if init is not None:
+            init_rows = _sorted(init[init["level"] == level])
+            if not init_rows[["sample_id", "frame"]].equals(rows[["sample_id", "frame"]]):
+                raise ValueError(f"{job.init_generated}: level {level} rows differ from {job.generated}")
+            features[RANDOM_INIT] = Features(np.stack(init_rows["embedding"].to_numpy()).astype(np.float64))
+        if raw is not None:
+            features.update(raw.level(rows, x.shape[1]))
+        metrics: dict[str, dict[str, float]] = {m: {} for m in features}
+        for model in (TRAINED, RANDOM_INIT):
+            if model in features:
+                metrics[model].update(embedding_statistics(features[model].x))
+        preds = _level_probes(job, rows, features)
+        if preds is not None:
+            for model, scored in _probe_metrics(job, preds).items():
+                metrics[model].update(scored)
+        if tasks is not None:
+            split = group_split(tasks[1], job.probe.folds, job.probe.validation_fraction)
+            for model, f in features.items():
+                metrics[model].update(task_level_metrics(rows, f, *tasks, split, job.probe.alphas,
+                                                         where=f"level {level}, {model}"))
+        for model, values in metrics.items():
+            if values:
+                out.setdefault(model, {})[str(level)] = values
     return out
 
 
-def posevae_metrics(job: EvaluateJob) -> dict[str, dict[str, float]]:
-    table = pd.read_parquet(job.generated)
-    recon = table[table["kind"] == "reconstruction"].sort_values("window_id")
-    data = pose_windows(job.cache_dir)
-    test = set(held_out_sequences(data.table["sequence"], job.probe.pose_test_sequences))
-    recon = recon[recon["sequence"].isin(test)]
-    ids = torch.as_tensor(recon["window_id"].to_numpy().copy())
-    t, f = int(recon["num_frames"].iloc[0]), int(recon["features"].iloc[0])
-    x = data.x[ids].reshape(len(ids), t, f).numpy()
-    valid = data.valid[ids].reshape(len(ids), t, f).numpy()
-    pose = np.stack(recon["pose"].to_numpy()).reshape(len(ids), t, f)
-    mu = np.stack(recon["mu"].to_numpy()).reshape(len(ids), -1, int(recon["latent_dim"].iloc[0]))
-    logvar = np.stack(recon["logvar"].to_numpy()).reshape(mu.shape)
-    metrics = vae_metrics(pose, x, valid, mu, logvar)
-    metrics["n_test_windows"] = float(len(ids))
-    return {"all": metrics}
+def _sorted(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.sort_values(["sample_id", "frame"], kind="stable").reset_index(drop=True)
 
 
-#: family -> its metrics (level -> metric -> value)
-EVALUATORS: dict[str, Callable[[EvaluateJob], dict[str, dict[str, float]]]] = {
+#: family -> its metrics and baselines (model -> level -> metric -> value)
+EVALUATORS: dict[str, Callable[[EvaluateJob], Metrics]] = {
     "hiera3d": embedding_metrics,
     "hjepa": embedding_metrics,
     "posevae": posevae_metrics,
@@ -203,7 +241,11 @@ def evaluate(job: EvaluateJob) -> pd.DataFrame:
     """All metrics of one checkpoint as a long table (schema in the module docstring)."""
     if job.family not in EVALUATORS:
         raise ValueError(f"no evaluator for model family {job.family!r} (known: {sorted(EVALUATORS)})")
-    records = [(job.family, job.run, job.step, level, metric, float(value))
-               for level, metrics in EVALUATORS[job.family](job).items() for metric, value in metrics.items()]
+    scored = EVALUATORS[job.family](job)
+    if TRAINED not in scored:
+        raise ValueError(f"the {job.family} evaluator returned no {TRAINED!r} metrics (got {sorted(scored)})")
+    records = [(job.family, job.run, job.step, level, model, metric, float(value))
+               for model, levels in scored.items() for level, metrics in levels.items()
+               for metric, value in metrics.items()]
     frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     return frame.astype({"step": "int64", "value": "float64"})

@@ -21,7 +21,8 @@ cardiomegaly        enlarged / normal heart right (all studies)
 effusion            none / left / right right (all studies)
 ==================  ===================================================================
 
-``finding_accuracy`` is the mean of the five.
+``finding_accuracy`` is the mean of the five. :func:`states_normal` tells whether a
+region text denies its finding (the ``normal_template`` control picks such sentences).
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def parse_findings(regions: Mapping[str, str]) -> StatedFindings:
     nodule, size, side = parse_lung(regions.get("lung", ""))
     return StatedFindings(nodule, size, side, parse_heart(regions.get("heart", "")),
                           parse_pleura(regions.get("pleura", "")))
+
+
+def states_normal(region: str, text: str) -> bool | None:
+    """Whether a region text states its finding as absent (no nodule, normal heart, no
+    effusion); ``None`` for a region without a parsed finding."""
+    if region == "lung":
+        return parse_lung(text)[0] is False
+    if region == "heart":
+        return parse_heart(text) is False
+    if region == "pleura":
+        return parse_pleura(text) == "none"
+    return None
 
 
 def finding_correct(stated: StatedFindings, truth: DemoFindings) -> dict[str, float]:

@@ -13,18 +13,21 @@ frame         int64           pose: frame in the sequence (start + offset); CT: 
 offset        int64           pose: frame inside the window (every ``frame_stride``); CT: -1
 level         int64           hierarchy level / stage, 0 = finest
 token         int64           pose: the level's time token of the frame (frame map); CT: -1
+time_tokens   int64           pose: the level's number of time tokens; CT: -1
 label         int64           pose: the frame's behaviour label (-1 unknown); CT: -1
 embedding     list<float32>   the level's features (width differs per level)
 ============  ==============  ===========================================================
 
-Pose VAE (:mod:`strata.evaluation.posevae`): ``kind`` (reconstruction | prior |
+Pose VAE (:mod:`strata.evaluation.posevae`): ``kind`` (reconstruction | prior | prior_mean |
 interpolation), ``sample_id``, ``window_id`` (-1 unless a cached window), ``sequence``,
 ``start``, ``step`` (index among prior samples / interpolation steps), ``num_frames``,
-``features``, ``latent_dim`` (Z; 0 when no posterior), ``pose`` (list<float32>, T*F row-major), ``mu`` and ``logvar``
-(list<float32>, N*Z, reconstructions only; empty otherwise).
+``features``, ``chunk_len`` (frames per latent chunk), ``latent_dim`` (Z; 0 when no
+posterior), ``pose`` (list<float32>, T*F row-major), ``mu`` and ``logvar`` (list<float32>,
+N*Z, reconstructions only; empty otherwise).
 
 Reg2RG (:mod:`strata.evaluation.reg2rg`): one row per (held-out study, region or whole
-report) with generated and reference text and the decoding settings.
+report) with generated and reference text and the decoding settings, for the checkpoint
+and its controls (``control``: ``""``, ``swapped_tokens``, ``normal_template``).
 
 Chunks of ``batch_size`` samples go to part files in ``work_dir`` (not a declared output;
 :class:`~strata.evaluation.parts.ChunkedParquet`), so a killed job resumes where it stopped.
@@ -117,6 +120,7 @@ def pose_embeddings(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParq
         frames = []
         for level, (emb, tokens) in enumerate(frame_embeddings(grids, num_frames, offsets)):
             frames.append(pd.DataFrame({
+                "time_tokens": np.full(b * k, grids[level].shape[1], np.int64),
                 "sample_id": np.repeat(rows["window_id"].astype(str).to_numpy(), k),
                 "sequence": np.repeat(rows["sequence"].to_numpy(), k),
                 "frame": (rows["start"].to_numpy()[:, None] + offsets.numpy()[None]).reshape(-1),
@@ -142,7 +146,8 @@ def ct_embeddings(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParque
         n = sl.stop - sl.start
         return pd.concat([pd.DataFrame({
             "sample_id": ids[sl], "sequence": ids[sl], "frame": np.full(n, -1), "offset": np.full(n, -1),
-            "level": np.full(n, level, np.int64), "token": np.full(n, -1), "label": np.full(n, -1),
+            "level": np.full(n, level, np.int64), "token": np.full(n, -1), "time_tokens": np.full(n, -1),
+            "label": np.full(n, -1),
             "embedding": list(emb.float().numpy()),
         }) for level, emb in enumerate(volume_embeddings(grids))], ignore_index=True)
 

@@ -32,7 +32,9 @@ TASK_SCORES = ("f1", "f1_positive", "mse", "r2")
 
 
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
-    """Long metrics (family, run, step, level, metric, value) -> one row per checkpoint."""
+    """Long metrics (family, run, step, level, model, metric, value) -> one row per checkpoint
+    (the trained model's rows)."""
+    long = long[long["model"] == "trained"]
     per_run = long[long["level"] == "all"].pivot_table(index=KEYS, columns="metric", values="value", aggfunc="first")
     levels = long[long["level"] != "all"]
     tables = [per_run]
@@ -68,12 +70,47 @@ def best_checkpoints(wide: pd.DataFrame, rules: Mapping[str, BestCheckpoint]) ->
                                                        "higher_is_better", "reason"])
 
 
-def markdown(wide: pd.DataFrame, best: pd.DataFrame) -> str:
-    """Best checkpoints, then one table per run: a row per metric that run has, a column per
-    checkpoint step (so a run with many metrics stays narrow), 4 significant digits. Level
-    means only; the per-level (``@L<level>``) and per-region (``region/<region>/...``)
-    breakdowns stay in the parquet/CSV."""
-    parts = ["# Evaluation summary\n\n## Best checkpoint per run\n\n" + _md(best), "## All checkpoints"]
+def test_metric(metric: str) -> str:
+    """The reported test metric of a selection metric (``probe_macro_f1_val`` ->
+    ``probe_macro_f1``); a metric without a validation variant is its own."""
+    return metric.removesuffix("_val")
+
+
+def with_margins(best: pd.DataFrame, margins: pd.DataFrame) -> pd.DataFrame:
+    """The best-checkpoint table plus, at the chosen step, the test metric, its value, the
+    strongest non-domain baseline, its value and the margin (:mod:`strata.evaluation.margins`)."""
+    extra = []
+    for row in best.itertuples(index=False):
+        metric = test_metric(row.metric) if row.metric else ""
+        match = margins[(margins["family"] == row.family) & (margins["run"] == row.run)
+                        & (margins["step"] == row.step) & (margins["metric"] == metric)]
+        if len(match):
+            m = match.iloc[0]
+            extra.append((metric, m["trained"], m["strongest_baseline"], m["baseline_value"], m["margin"]))
+        else:
+            extra.append((metric, np.nan, "", np.nan, np.nan))
+    columns = ["test_metric", "test_value", "strongest_baseline", "baseline_value", "margin"]
+    return pd.concat([best.reset_index(drop=True), pd.DataFrame(extra, columns=columns)], axis=1)
+
+
+def markdown(wide: pd.DataFrame, best: pd.DataFrame, margins: pd.DataFrame | None = None) -> str:
+    """Best checkpoints (with margins when given), then per run its scores beside every
+    baseline at the best checkpoint, and one table per run: a row per metric that run has, a
+    column per checkpoint step (so a run with many metrics stays narrow), 4 significant
+    digits. Level means only; the per-level (``@L<level>``) and per-region
+    (``region/<region>/...``) breakdowns stay in the parquet/CSV."""
+    head = with_margins(best, margins) if margins is not None else best
+    parts = ["# Evaluation summary\n\n## Best checkpoint per run\n\n" + _md(head)]
+    if margins is not None and len(margins):
+        parts.append("## Against baselines at the best checkpoint\n\nmargin = model minus the strongest "
+                     "non-domain baseline (errors: baseline minus model); positive = the model wins.")
+        for row in best.itertuples(index=False):
+            table = margins[(margins["family"] == row.family) & (margins["run"] == row.run)
+                            & (margins["step"] == row.step) & ~margins["metric"].map(_breakdown)]
+            table = table.drop(columns=["family", "run", "step"]).dropna(axis=1, how="all")
+            if len(table):
+                parts.append(f"### {row.family} / {row.run} (step {row.step})\n\n" + _md(table))
+    parts.append("## All checkpoints")
     for (family, run), rows in wide.groupby(["family", "run"], sort=True):
         columns = [c for c in rows.columns if c not in KEYS and not _breakdown(c) and rows[c].notna().any()]
         table = rows.set_index("step")[columns].T

@@ -20,10 +20,12 @@ EMBEDDING_FAMILIES = ("hiera3d", "hjepa")
 GENERATE = "results/{family}/{run}/generate/{step}/outputs.parquet"
 EVALUATE = "results/{family}/{run}/evaluate/{step}/metrics.parquet"
 SUMMARY = ("results/summary/metrics.parquet", "results/summary/metrics.csv", "results/summary/metrics.md",
-           "results/summary/best_checkpoints.csv")
+           "results/summary/best_checkpoints.csv", "results/summary/baselines.csv")
+VERDICT = ("results/summary/verdict.md", "results/summary/verdict.csv")
 FIGURES = ("rollout.png", "rollout.npy", "loss.png", "metrics.png")
 FIGURE_DIR = "results/figures/{family}/{run}"
 POSEVAE_FIGURES = ("reconstructions.png", "samples.png")
+EMBEDDING_FIGURES = ("probes.png",)
 REG2RG_FIGURES = ("reports.png",)
 
 
@@ -61,13 +63,14 @@ def evaluate_targets(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def figure_targets(models: Mapping[str, Mapping[str, Any]], reg2rg: Mapping[str, Any] | None = None) -> list[str]:
-    """Per run: rollout (PNG + raw .npy), loss and metric curves; pose VAE samples; Reg2RG
-    sample reports."""
+    """Per run: rollout (PNG + raw .npy), loss and metric curves; embedding runs' probes
+    against baselines; pose VAE samples; Reg2RG sample reports."""
     extra = {FIGURE_DIR.format(family=f, run=r) for f, r, _ in reg2rg_checkpoints(reg2rg)}
     out = []
     for family, run in model_runs(models):
         folder = FIGURE_DIR.format(family=family, run=run)
-        names = FIGURES + (POSEVAE_FIGURES if family == "posevae" else ())
+        names = FIGURES + (POSEVAE_FIGURES if family == "posevae" else ()) + \
+            (EMBEDDING_FIGURES if family in EMBEDDING_FAMILIES else ())
         out += [f"{folder}/{name}" for name in names]
     for folder in sorted(extra):
         out += [f"{folder}/{name}" for name in FIGURES + REG2RG_FIGURES]
@@ -76,5 +79,5 @@ def figure_targets(models: Mapping[str, Mapping[str, Any]], reg2rg: Mapping[str,
 
 def evaluation_final_targets(models: Mapping[str, Mapping[str, Any]], reg2rg: Mapping[str, Any] | None = None
                              ) -> list[str]:
-    """What ``rule all`` needs for the evaluation stages: the summary and every figure."""
-    return [*SUMMARY, *figure_targets(models, reg2rg)]
+    """What ``rule all`` needs for the evaluation stages: the summary, the verdict and every figure."""
+    return [*SUMMARY, *VERDICT, *figure_targets(models, reg2rg)]

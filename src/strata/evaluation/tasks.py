@@ -6,9 +6,10 @@ project's deterministic choices:
 * Features: one embedding per (sequence, frame) and level: frames that several overlapping
   windows embed are averaged (MABe22 submissions likewise hold one embedding per frame);
   frames are those the generate job extracted (every ``evaluation.generation.frame_stride``).
-* Split by sequence: of the pose sequences the label file labels, the last
-  ``probe.pose_test_sequences`` in sorted name order are tested, the rest train the probes
-  (one split for every task and level).
+* Split by sequence (:mod:`strata.evaluation.protocol`): of the pose sequences the label
+  file labels, ``probe.validation_fraction`` are set aside and the rest are tested in
+  ``probe.folds`` folds, each predicted by a probe fitted on the other folds (one split for
+  every task, level and baseline); scores over the pooled predictions.
 * Frame-level tasks: the label of each extracted frame (NaN = unlabelled, left out).
   Sequence-level tasks (``strain``, ``lights``, ...): one sample per sequence, the mean of
   its frame embeddings, and one target per sequence from all its labelled frames
@@ -32,10 +33,11 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, mean_squared_error, r2_score
 
-from strata.evaluation.data import held_out_sequences
-from strata.evaluation.probes import fit_predict, regression_probe, scores
+from strata.evaluation.baselines import Features
+from strata.evaluation.probes import regression_probe, scores
+from strata.evaluation.protocol import GroupSplit, cross_validated
 from strata.pose.labels import LabelTask, TaskLabels
 
 log = logging.getLogger(__name__)
@@ -65,50 +67,56 @@ def per_sequence(seq: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return seq[starts], np.add.reduceat(x, starts, axis=0) / counts[:, None]
 
 
-def _probe(task: LabelTask, x: np.ndarray, y: np.ndarray, is_test: np.ndarray, alphas: tuple[float, ...],
-           prefix: str, where: str) -> dict[str, float]:
+def _probe(task: LabelTask, f: Features, y: np.ndarray, groups: np.ndarray, split: GroupSplit,
+           alphas: tuple[float, ...], prefix: str, where: str) -> dict[str, float]:
     known = np.isfinite(y)
-    train, test = known & ~is_test, known & is_test
-    if not train.any() or not test.any():
-        log.warning("%s: task %r has %d labelled training and %d test samples: not probed",
-                    where, task.name, int(train.sum()), int(test.sum()))
+    fold = np.array([split.fold.get(g, -1) for g in groups])
+    test = known & (fold >= 0)
+    if len(set(fold[test])) < 2:
+        log.warning("%s: task %r has labelled samples in %d test folds: not probed",
+                    where, task.name, len(set(fold[test])))
         return {}
     name = f"/{task.name}"
-    out = {f"{prefix}n_train{name}": float(train.sum()), f"{prefix}n_test{name}": float(test.sum())}
+    out = {f"{prefix}n_test{name}": float(test.sum())}
     if task.kind == "continuous":
-        result = regression_probe(x[train], y[train], x[test], y[test], alphas)
-        out.update({f"{prefix}mse{name}": result.mse, f"{prefix}r2{name}": result.r2,
-                    f"{prefix}alpha{name}": result.alpha})
+        pred = np.full(len(y), np.nan)
+        for k in split.folds:
+            part, train = test & (fold == k), test & (fold != k)
+            if part.any() and train.any():
+                pred[part] = regression_probe(f.x[train], y[train], f.x[part], alphas, f.reduce_to)
+        scored = test & np.isfinite(pred)
+        r2 = float(r2_score(y[scored], pred[scored])) if np.ptp(y[scored]) > 0 else float("nan")
+        out.update({f"{prefix}mse{name}": float(mean_squared_error(y[scored], pred[scored])), f"{prefix}r2{name}": r2})
         return out
     y_int = np.where(known, y, -1).astype(np.int64)
-    pred, alpha = fit_predict(x[train], y_int[train], x[test], alphas, class_weight="balanced")
-    accuracy, macro_f1 = scores(y_int[test], pred)
-    out.update({f"{prefix}accuracy{name}": accuracy, f"{prefix}f1{name}": macro_f1, f"{prefix}alpha{name}": alpha})
+    p = cross_validated(f.x, y_int, groups, np.zeros(len(y), np.int64), split, alphas, f.reduce_to,
+                        class_weight="balanced")
+    accuracy, macro_f1 = scores(p.y, p.pred)
+    out.update({f"{prefix}accuracy{name}": accuracy, f"{prefix}f1{name}": macro_f1, f"{prefix}alpha{name}": p.alpha})
     if set(np.unique(y_int[known])) <= {0, 1}:
-        out[f"{prefix}f1_positive{name}"] = float(f1_score(y_int[test], pred, pos_label=1, average="binary",
+        out[f"{prefix}f1_positive{name}"] = float(f1_score(p.y, p.pred, pos_label=1, average="binary",
                                                            zero_division=0))
     return out
 
 
-def task_level_metrics(rows: pd.DataFrame, x: np.ndarray, labels: TaskLabels, labelled: list[str],
-                       n_test: int, alphas: tuple[float, ...], where: str = "") -> dict[str, float]:
-    """Every task's probe on one level's embeddings (``rows``: ``sequence``, ``frame``; ``x``
+def task_level_metrics(rows: pd.DataFrame, f: Features, labels: TaskLabels, labelled: list[str],
+                       split: GroupSplit, alphas: tuple[float, ...], where: str = "") -> dict[str, float]:
+    """Every task's probe on one level's features (``rows``: ``sequence``, ``frame``; ``f.x``
     [N, D]); ``labelled``: the pose sequences the label file labels (:func:`check_overlap`)."""
     where = f"{labels.path}, {where}" if where else str(labels.path)
-    seq, frame, feats = per_frame(rows, x)
+    seq, frame, feats = per_frame(rows, f.x)
     keep = np.isin(seq, labelled)
     seq, frame, feats = seq[keep], frame[keep], feats[keep]
-    test_names = set(held_out_sequences(labelled, n_test))
     columns = labels.frame_columns(seq, frame)
     seq_names, seq_feats = per_sequence(seq, feats)
     out: dict[str, float] = {}
     for task in labels.tasks:
         if task.sequence_level:
             y = labels.sequence_targets(task, list(seq_names))
-            out.update(_probe(task, seq_feats, y, np.isin(seq_names, list(test_names)), alphas, "task_seq_", where))
+            out.update(_probe(task, Features(seq_feats, f.reduce_to), y, seq_names, split, alphas, "task_seq_", where))
         else:
             y = labels.targets(task, columns)
-            out.update(_probe(task, feats, y, np.isin(seq, list(test_names)), alphas, "task_", where))
+            out.update(_probe(task, Features(feats, f.reduce_to), y, seq, split, alphas, "task_", where))
     for prefix in ("task_", "task_seq_"):
         for score in ("f1", "mse"):
             values = [v for k, v in out.items() if k.startswith(f"{prefix}{score}/")]

@@ -62,7 +62,10 @@ def _wrap_words(words: list[tuple[str, bool]], width: int) -> list[list[tuple[st
 
 def reports_figure(table: pd.DataFrame, studies: Sequence[str], title: str, path: str | Path) -> None:
     """``table``: a Reg2RG generate output; one block per study in ``studies``, one row per
-    region (REGIONS order) with the reference and the coloured generated text."""
+    region (REGIONS order) with the reference and the coloured generated text (the trained
+    model's rows; the controls' rows are left out)."""
+    if "control" in table.columns:
+        table = table[table["control"] == ""]
     blocks = []  # (study, [(region, ref lines, gen lines)])
     for study in studies:
         rows = table[(table["study_id"] == study) & (table["region"] != "")].set_index("region")

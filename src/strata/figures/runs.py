@@ -24,6 +24,7 @@ from strata.config import from_dict
 from strata.evaluation.checkpoints import load_model
 from strata.evaluation.config import BestCheckpoint
 from strata.evaluation.data import ct_volumes, model_input, pose_test_mask, pose_windows
+from strata.evaluation.evaluate import TRAINED
 from strata.evaluation.summary import best_checkpoints, wide_table
 from strata.figures.ct import ct_rollout_figure
 from strata.figures.curves import loss_figure, metric_figure
@@ -76,7 +77,9 @@ class RunFigures:
     ct_spacing: tuple[float, float, float]
 
     def long_metrics(self) -> pd.DataFrame:
-        return pd.concat([pd.read_parquet(p) for p in self.metrics], ignore_index=True)
+        """The trained checkpoints' rows of every evaluate output (baselines left out)."""
+        long = pd.concat([pd.read_parquet(p) for p in self.metrics], ignore_index=True)
+        return long[long["model"] == TRAINED].reset_index(drop=True)
 
     def best_step(self) -> int:
         best = best_checkpoints(wide_table(self.long_metrics()), {self.family: self.best})

@@ -39,6 +39,15 @@ Method, top to bottom (one class per step):
    reconstruction MSE was 0.0017 with it, below an oracle predicting each chunk's mean pose
    (0.0035); without it the transformers stayed at 0.02-0.03 even after 3,000 steps (they
    fit the training windows, 0.005, but not new positions).
+9. **Output parametrisation** (``output``): ``keypoints`` decodes the F features
+   directly; ``body`` (:class:`BodyOutput`) decodes per frame and agent a centre, a heading
+   and body-frame offsets added to a learned body template, and places the template's
+   keypoints by rotation and translation, so any latent (a prior sample included) decodes
+   to a body of plausible shape, and position and heading are numbers of their own.
+10. **Chunk overlap** (``chunk_overlap = h``): each chunk's decoder also predicts the
+    ``h`` frames on either side of its chunk; :func:`overlap_add` cross-fades neighbours
+    over those ``2h`` frames (in the parameters, before :class:`BodyOutput`), so
+    reconstructions do not jump at chunk borders.
 
 Loss (:meth:`PoseVAE.forward_loss`): mean squared error over observed keypoints of real
 frames (missing keypoints and padded frames contribute nothing) plus ``beta(step) * KL``.
@@ -59,8 +68,8 @@ stages and are left out of the KL and the active-unit count. Without any padding
 is passed, so the fused attention kernels run unmasked.
 
 Attention maps (explicit attention path, ``return_attention=True``) are returned per
-layer: local ``[B, N, heads, S, S]`` (``S = L``, or ``L + 1`` with the summary token at
-index 0) and global ``[B, heads, N, N]``; :func:`frame_attention` expands a local map to
+layer: local ``[B, N, heads, S, S]`` (encoder: ``S = L``, or ``L + 1`` with the summary
+token at index 0; decoder: ``S = L + 2 * chunk_overlap``) and global ``[B, heads, N, N]``; :func:`frame_attention` expands a local map to
 the block-diagonal frame-level ``[B, heads, N*L, N*L]`` for temporal rollout.
 """
 
@@ -76,10 +85,13 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from strata.models.blocks import Block, sincos_1d
+from strata.pose.keypoints import N_KEYPOINTS
 from strata.training.interface import StepOutput, TrainableModel
 
 LOGVAR_RANGE = (-30.0, 20.0)  # clamp of the log-variance head (exp stays finite in fp32 and bf16)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016
+TRAJECTORY_DEGREE = 3  # output "body": polynomial degree of a chunk's centre and heading tracks
+INITIAL_SPREAD = 0.02  # output "body": initial bound of the body-frame offsets (feature units)
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,11 @@ class PoseVAEConfig:
         linear_chunk_path: add a linear path beside the transformers: ``Linear`` of a
             chunk's frames (``[x * valid, valid]`` flattened) added to its posterior mean,
             and ``Linear`` of a chunk's latent to its frames added to the decoded poses.
+        output: what the decoder's last layer predicts per frame: ``keypoints`` (the F
+            features directly) or ``body`` (per agent a centre, a heading vector and
+            body-frame offsets added to a learned body template; :class:`BodyOutput`).
+        chunk_overlap: frames ``h`` each chunk's decoder also predicts on either side of
+            its chunk; neighbouring chunks' predictions are cross-faded there (0: none).
     """
 
     features: int
@@ -130,6 +147,8 @@ class PoseVAEConfig:
     kl_warmup_steps: int
     free_bits: float | None
     linear_chunk_path: bool = False
+    output: Literal["keypoints", "body"] = "keypoints"
+    chunk_overlap: int = 0
 
 
 def check_config(config: PoseVAEConfig) -> None:
@@ -157,6 +176,13 @@ def check_config(config: PoseVAEConfig) -> None:
         raise ValueError(f"kl_warmup_steps must be >= 0, got {config.kl_warmup_steps}")
     if config.free_bits is not None and config.free_bits <= 0:
         raise ValueError(f"free_bits must be positive or None (disabled), got {config.free_bits}")
+    if config.output not in ("keypoints", "body"):
+        raise ValueError(f"output must be 'keypoints' or 'body', got {config.output!r}")
+    if config.output == "body" and config.features % (2 * N_KEYPOINTS):
+        raise ValueError(f"output 'body' needs features = agents x {N_KEYPOINTS} keypoints x 2, "
+                         f"got features {config.features}")
+    if not 0 <= config.chunk_overlap <= config.chunk_len:
+        raise ValueError(f"chunk_overlap must be in [0, chunk_len = {config.chunk_len}], got {config.chunk_overlap}")
 
 
 # --------------------------------------------------------------------------- outputs
@@ -418,7 +444,7 @@ class ChunkDecoder(nn.Module):
     Args:
         global_dim: width of the chunk conditioning.
         dim: width of the frame tokens.
-        chunk_len: frames per chunk.
+        chunk_len: frames decoded per chunk (the chunk and its overlap on both sides).
         features: values per frame F.
         depth, heads, mlp_ratio, dropout: of the local blocks.
     """
@@ -427,7 +453,7 @@ class ChunkDecoder(nn.Module):
                  mlp_ratio: float, dropout: float) -> None:
         super().__init__()
         self.proj = nn.Linear(global_dim, dim)
-        self.register_buffer("position", sincos_1d(torch.arange(chunk_len), dim), persistent=False)  # (L, D)
+        self.register_buffer("position", sincos_1d(torch.arange(chunk_len), dim), persistent=False)  # (L', D)
         self.stack = TransformerStack(dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
         self.head = nn.Linear(dim, features)
 
@@ -435,6 +461,73 @@ class ChunkDecoder(nn.Module):
         queries = self.proj(condition)[:, None, :] + self.position  # (B*N, L, D)
         frames, maps = self.stack(queries, real, return_attention)
         return self.head(frames), maps  # (B*N, L, F)
+
+
+class BodyOutput(nn.Module):
+    """Per-frame body parameters [..., A * (4 + 2K)] -> keypoints [..., F = A * K * 2].
+
+    For every agent: a centre ``c`` [2], a heading vector ``h`` [2] (unit after adding
+    ``(1, 0)`` and normalising, so an untrained model faces +x) and body-frame offsets
+    ``r = spread * tanh(raw)`` [K, 2], bounded by a learned ``spread`` per keypoint; keypoint
+    ``k = c + R(h) (template_k + r_k)`` with a learned ``template`` [A, K, 2]. A body's shape
+    then stays near the template whatever the latent (a prior sample included), and position
+    and heading are numbers of their own. :meth:`smooth` projects each chunk's centre and
+    heading tracks on polynomials of degree :data:`TRAJECTORY_DEGREE`, so they move smoothly
+    within a chunk.
+
+    Args:
+        features: values per frame F = agents x K keypoints x 2.
+        span: frames decoded per chunk (chunk and overlaps).
+    """
+
+    def __init__(self, features: int, span: int) -> None:
+        super().__init__()
+        self.agents = features // (2 * N_KEYPOINTS)
+        self.params = self.agents * (4 + 2 * N_KEYPOINTS)
+        self.template = nn.Parameter(torch.zeros(self.agents, N_KEYPOINTS, 2))
+        self.log_spread = nn.Parameter(torch.full((self.agents, N_KEYPOINTS, 2), math.log(INITIAL_SPREAD)))
+        t = torch.linspace(-1.0, 1.0, span, dtype=torch.float64)
+        basis, _ = torch.linalg.qr(torch.stack([t ** d for d in range(min(TRAJECTORY_DEGREE + 1, span))], 1))
+        self.register_buffer("projection", (basis @ basis.T).float(), persistent=False)  # (S, S)
+        track = torch.zeros(self.agents, 4 + 2 * N_KEYPOINTS, dtype=torch.bool)
+        track[:, :4] = True  # centre and heading of every agent
+        self.register_buffer("track", track.reshape(-1), persistent=False)  # (P,)
+
+    def smooth(self, chunks: Tensor) -> Tensor:
+        """[B, N, S, P] per-chunk parameters with the centre and heading channels projected on
+        low-order polynomials over the chunk's S frames (the offsets are left free)."""
+        projected = torch.einsum("st,bntp->bnsp", self.projection.to(chunks.dtype), chunks)
+        return torch.where(self.track, projected, chunks)
+
+    def forward(self, params: Tensor) -> Tensor:
+        p = params.unflatten(-1, (self.agents, 4 + 2 * N_KEYPOINTS))  # (..., A, 4 + 2K)
+        centre, heading = p[..., None, 0:2], p[..., 2:4] + p.new_tensor([1.0, 0.0])
+        cos, sin = (heading / heading.norm(dim=-1, keepdim=True).clamp_min(1e-4)).unbind(-1)  # (..., A)
+        offsets = self.log_spread.exp() * torch.tanh(p[..., 4:].unflatten(-1, (N_KEYPOINTS, 2)))
+        bx, by = (self.template + offsets).unbind(-1)  # (..., A, K) each
+        x = cos[..., None] * bx - sin[..., None] * by
+        y = sin[..., None] * bx + cos[..., None] * by
+        return (centre + torch.stack([x, y], dim=-1)).flatten(-3)  # (..., F)
+
+
+def overlap_add(chunks: Tensor, chunk_len: int, overlap: int, chunk_mask: Tensor | None = None) -> Tensor:
+    """Per-chunk predictions [B, N, L + 2h, P] (chunk n spans frames nL - h .. nL + L + h)
+    -> frames [B, N*L, P], cross-faded where neighbours overlap: weights ramp linearly over
+    the 2h shared frames (and sum to 1 there); frames outside 0 .. N*L are dropped. Chunks
+    with ``chunk_mask`` [B, N] False (all padding) contribute nothing, so a real frame
+    next to padding is decoded as in the sequence alone (frames no chunk covers are 0)."""
+    b, n, span, p = chunks.shape
+    if overlap == 0:
+        return rearrange(chunks, "b n l p -> b (n l) p")
+    i = torch.arange(span, device=chunks.device)
+    ramp = ((torch.minimum(i, span - 1 - i) + 0.5) / (2 * overlap)).clamp(max=1.0).to(chunks.dtype)  # (S,)
+    real = chunks.new_ones(b, n) if chunk_mask is None else chunk_mask.to(chunks.dtype)
+    w = real[:, :, None] * ramp  # (B, N, S)
+    index = (torch.arange(n, device=chunks.device)[:, None] * chunk_len + i).reshape(-1)  # (N*S,)
+    total = chunks.new_zeros(b, n * chunk_len + 2 * overlap, p)
+    total.index_add_(1, index, rearrange(chunks * w[..., None], "b n s p -> b (n s) p"))
+    weight = chunks.new_zeros(b, n * chunk_len + 2 * overlap).index_add_(1, index, w.reshape(b, -1))
+    return (total / weight.clamp_min(1e-6)[..., None])[:, overlap:overlap + n * chunk_len]
 
 
 # --------------------------------------------------------------------------- the model
@@ -462,13 +555,16 @@ class PoseVAE(TrainableModel):
         self.heads = PosteriorHeads(dim=c.global_dim, latent_dim=c.latent_dim)
         self.global_decoder = GlobalDecoder(latent_dim=c.latent_dim, dim=c.global_dim, depth=c.decoder_global_depth,
                                             heads=c.global_heads, mlp_ratio=c.mlp_ratio, dropout=c.dropout)
-        self.chunk_decoder = ChunkDecoder(global_dim=c.global_dim, dim=c.local_dim, chunk_len=c.chunk_len,
-                                          features=c.features, depth=c.decoder_local_depth, heads=c.local_heads,
+        span = c.chunk_len + 2 * c.chunk_overlap  # frames decoded per chunk
+        self.body = BodyOutput(c.features, span) if c.output == "body" else None
+        out_features = self.body.params if self.body is not None else c.features  # per frame
+        self.chunk_decoder = ChunkDecoder(global_dim=c.global_dim, dim=c.local_dim, chunk_len=span,
+                                          features=out_features, depth=c.decoder_local_depth, heads=c.local_heads,
                                           mlp_ratio=c.mlp_ratio, dropout=c.dropout)
         self.linear_encoder = self.linear_decoder = None
         if c.linear_chunk_path:
             self.linear_encoder = nn.Linear(c.chunk_len * 2 * c.features, c.latent_dim)
-            self.linear_decoder = nn.Linear(c.latent_dim, c.chunk_len * c.features)
+            self.linear_decoder = nn.Linear(c.latent_dim, span * out_features)
         # optimizer steps taken: drives the KL warm-up; a buffer, so checkpoints carry it
         self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.int64))
         self.apply(self._init_weights)
@@ -561,11 +657,19 @@ class PoseVAE(TrainableModel):
         frame_mask = F.pad(frame_mask.bool(), (0, n * L - frame_mask.shape[1]))  # (B, N*L)
         chunk_mask = rearrange(frame_mask, "b (n l) -> b n l", l=L).any(-1)  # (B, N)
         condition, global_maps = self.global_decoder(z, chunk_mask, return_attention)  # (B, N, Dg)
-        real = rearrange(frame_mask, "b (n l) -> (b n) l", l=L)
+        h = self.config.chunk_overlap
+        span = L + 2 * h  # a chunk's frames and its overlaps (frames outside the sequence are padding)
+        real = rearrange(F.pad(frame_mask, (h, h)).unfold(1, span, L), "b n s -> (b n) s")
         poses, local_maps = self.chunk_decoder(rearrange(condition, "b n d -> (b n) d"), real, return_attention)
         if self.linear_decoder is not None:
-            poses = poses + rearrange(self.linear_decoder(z), "b n (l f) -> (b n) l f", l=L)
-        pose = rearrange(poses, "(b n) l f -> b (n l) f", b=b)[:, :num_frames]  # (B, T, F)
+            poses = poses + rearrange(self.linear_decoder(z), "b n (s f) -> (b n) s f", s=span)
+        poses = rearrange(poses, "(b n) s f -> b n s f", b=b)
+        if self.body is not None:
+            poses = self.body.smooth(poses)
+        pose = overlap_add(poses, L, h, chunk_mask)  # (B, N*L, P)
+        if self.body is not None:
+            pose = self.body(pose)
+        pose = pose[:, :num_frames]  # (B, T, F)
         attention = None
         if return_attention:
             local_maps = [rearrange(a, "(b n) h s r -> b n h s r", b=b) for a in local_maps]
@@ -645,8 +749,11 @@ class PoseVAE(TrainableModel):
         return StepOutput(loss, metrics)
 
     def no_weight_decay(self) -> set[str]:
-        """The learned summary token is not decayed (as a CLS token; positions are fixed)."""
-        return {"pooling.query"} if self.pooling.query is not None else set()
+        """The learned summary token is not decayed (as a CLS token; positions are fixed), nor
+        are the body template and the log of its offsets' bound (decay would pull the body
+        to a point and the bound to 1)."""
+        skip = {"pooling.query"} if self.pooling.query is not None else set()
+        return skip | ({"body.template", "body.log_spread"} if self.body is not None else set())
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Record that ``step + 1`` optimizer steps have been taken (KL warm-up clock)."""

@@ -20,7 +20,8 @@ KEYPOINTS: tuple[str, ...] = (
 N_KEYPOINTS: int = len(KEYPOINTS)
 KEYPOINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(KEYPOINTS)}
 
-# Per-frame behaviour labels of the synthetic demo (value = position in this tuple).
-BEHAVIOURS: tuple[str, ...] = ("rest", "explore", "chase")
+# Per-frame behaviour labels of the synthetic demo (value = position in this tuple): the
+# triplet's action, constant over segments of 30-120 frames (strata.pose.demo).
+BEHAVIOURS: tuple[str, ...] = ("rest", "explore", "chase", "huddle", "groom")
 BEHAVIOUR_TASK: str = "behaviour"  # the demo's single entry in the MABe22 "vocabulary"
 UNKNOWN_LABEL: int = -1

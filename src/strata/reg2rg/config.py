@@ -171,11 +171,13 @@ class Reg2RGTrainConfig:
         weight_decay: AdamW weight decay.
         batch_size: per-device micro-batch.
         grad_accum: gradient accumulation steps.
-        epochs: passes over the studies; a checkpoint after every epoch.
+        epochs: epochs; a checkpoint (and a generate / evaluate job) after every epoch.
         max_grad_norm: gradient clipping (0 disables).
         gradient_checkpointing: recompute LLM activations in the backward pass.
         precision: ``auto`` = bf16 when a GPU is there, else fp32.
         num_workers: DataLoader workers.
+        repeats: passes over the training studies per epoch (default 1; the demo trains
+            many short passes and saves few checkpoints, each of which is generated for).
     """
 
     lr: float
@@ -189,6 +191,7 @@ class Reg2RGTrainConfig:
     gradient_checkpointing: bool
     precision: Literal["auto", "fp32", "bf16"]
     num_workers: int
+    repeats: int = 1
 
     def checkpoint_epochs(self) -> list[int]:
         """The checkpoints the DAG knows: one per epoch, named by the epoch number."""

@@ -9,8 +9,9 @@ A study becomes one token sequence ``<s> PROMPT ANSWER </s>``:
 - ANSWER: ``The region i is AREA: SENTENCES `` region by region (trailing space dropped).
 
 Listed regions are those the study has (mask present) *and* a sentence for; in training
-their order is shuffled per sample with a generator seeded by (seed, epoch, index), so
-the area names are only predictable from the visual tokens. Labels are -100 on the
+with ``shuffle_regions`` their order is shuffled per sample with a generator seeded by
+(seed, epoch, index), so the area names are only predictable from the visual tokens
+(otherwise, and always in evaluation, they follow REGIONS order). Labels are -100 on the
 prompt, on padding and on every special / visual token: the loss is on report tokens and
 EOS only. Absent regions are zero tensors with ``region_present = False`` in the batch;
 a study is never dropped.
@@ -141,28 +142,51 @@ class VolumeSource:
         return vision, masks, t["region_present"].bool()
 
 
+class SwappedSource:
+    """Another study's vision inputs under a study's own region list (the swapped-token control).
+
+    ``load(study)`` returns the visual tokens and mask features of ``donors[study]`` with
+    ``study``'s own ``region_present``, so the prompt lists the same regions as the trained
+    row and only the visual content differs (a region the donor lacks is zero tensors).
+    """
+
+    def __init__(self, base: TokenCacheSource | VolumeSource, donors: dict[str, str]) -> None:
+        self.base, self.donors, self.kind = base, dict(donors), base.kind
+
+    def load(self, study_id: str) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+        if study_id not in self.donors:
+            raise KeyError(f"no donor study for {study_id} in the swapped-token control")
+        vision, masks, _ = self.base.load(self.donors[study_id])
+        _, _, present = self.base.load(study_id)
+        return vision, masks, present
+
+
 class Reg2RGDataset(torch.utils.data.Dataset):
     """One item per study: token ids, labels, region order and its vision inputs.
 
     Args:
         study_ids: studies in a fixed order.
         sentences: study id -> {region: sentences}.
-        source: :class:`TokenCacheSource` or :class:`VolumeSource`.
+        source: :class:`TokenCacheSource`, :class:`VolumeSource` or :class:`SwappedSource`.
         tokenizer: tokenizer with the special tokens.
         layout: their ids.
         cfg: prompt settings.
         seed: shuffling seed.
         train: shuffle the region order (training only).
+        repeats: passes over ``study_ids`` per epoch (item ``i`` is study ``i % len(study_ids)``).
     """
 
     def __init__(self, *, study_ids: list[str], sentences: dict[str, dict[str, str]],
-                 source: TokenCacheSource | VolumeSource, tokenizer: Any, layout: VisualTokenLayout,
-                 cfg: Reg2RGDataConfig, seed: int, train: bool) -> None:
+                 source: TokenCacheSource | VolumeSource | SwappedSource, tokenizer: Any, layout: VisualTokenLayout,
+                 cfg: Reg2RGDataConfig, seed: int, train: bool, repeats: int = 1) -> None:
         missing = [s for s in study_ids if s not in sentences]
         if missing:
             raise ValueError(f"no region sentences for studies {missing[:5]}")
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.study_ids, self.sentences, self.source = list(study_ids), sentences, source
         self.tokenizer, self.layout, self.cfg, self.seed, self.train = tokenizer, layout, cfg, seed, train
+        self.repeats = repeats
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -170,10 +194,10 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.study_ids)
+        return len(self.study_ids) * self.repeats
 
     def region_order(self, index: int, present: Tensor) -> list[str]:
-        study = self.study_ids[index]
+        study = self.study_ids[index % len(self.study_ids)]
         listed = [r for k, r in enumerate(REGIONS) if bool(present[k]) and r in self.sentences[study]]
         if self.train and self.cfg.shuffle_regions:
             rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -181,7 +205,7 @@ class Reg2RGDataset(torch.utils.data.Dataset):
         return listed
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        study = self.study_ids[index]
+        study = self.study_ids[index % len(self.study_ids)]
         vision, masks, present = self.source.load(study)
         order = self.region_order(index, present)
         sample = encode_sample(self.tokenizer, self.layout, study, [(r, self.sentences[study][r]) for r in order],

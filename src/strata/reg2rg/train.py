@@ -179,7 +179,7 @@ def build_training(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: 
     data_hashes = check_cache(token_files, encoder_sha)
     dataset = Reg2RGDataset(study_ids=list(inputs.study_ids), sentences=study_sentences(pd.read_parquet(inputs.reports)),
                             source=TokenCacheSource(inputs.token_dir), tokenizer=tokenizer, layout=layout,
-                            cfg=cfg.data, seed=seed, train=True)
+                            cfg=cfg.data, seed=seed, train=True, repeats=cfg.train.repeats)
     model = build_reg2rg(cfg, layout, seed, with_encoders=False,
                          dtype=torch.bfloat16 if use_bf16(cfg, device_type) and cfg.llm.pretrained is not None
                          else torch.float32)

@@ -61,9 +61,11 @@ class TrainConfig:
                              f"({self.gpus}): every process takes an equal share of the global batch")
 
     def checkpoint_steps(self) -> list[int]:
-        """Steps after which a checkpoint is written (1-based step counts)."""
-        steps = list(range(self.save_every, self.total_steps + 1, self.save_every))
-        if not steps or steps[-1] != self.total_steps:
+        """Steps after which a checkpoint is written (optimizer steps taken). Step 0 is the
+        seeded random initialisation: every evaluation compares the trained checkpoints
+        with it (the ``random_init`` baseline) and every curve starts there."""
+        steps = [0, *range(self.save_every, self.total_steps + 1, self.save_every)]
+        if steps[-1] != self.total_steps:
             steps.append(self.total_steps)
         return steps
 

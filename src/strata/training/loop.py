@@ -240,6 +240,16 @@ def _train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
                     disable=None if dist_info.is_main else True)
     monitor = StepMonitor(spec.monitor, spec.run_dir, name, cfg.total_steps, start, cfg.batch_size,
                           enabled=dist_info.is_main)
+
+    def save(step: int) -> None:
+        _check_replicas_agree(model, dist_info, device, step)
+        if dist_info.is_main:
+            training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(), "step": step}
+            store.save(step, model, training, spec.meta, pd.DataFrame(rows), spec.architecture)
+
+    if start == 0 and 0 in save_steps:
+        save(0)  # the seeded random initialisation, the baseline every checkpoint is compared with
     try:
         for step, batch in enumerate(loader, start=start):
             batch = _to_device(batch, device)
@@ -265,11 +275,7 @@ def _train(model: TrainableModel, dataset: Dataset, spec: RunSpec,
             progress.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
             monitor.step(step + 1, {k: v for k, v in rows[-1].items() if k != "step"})
             if step + 1 in save_steps:
-                _check_replicas_agree(model, dist_info, device, step + 1)
-                if dist_info.is_main:
-                    training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "rng": rng_state(), "step": step + 1}
-                    store.save(step + 1, model, training, spec.meta, pd.DataFrame(rows), spec.architecture)
+                save(step + 1)
     finally:
         progress.close()
         monitor.close()
