@@ -7,14 +7,16 @@ import torch
 from strata.config import from_dict
 from strata.evaluation.config import GenerationConfig
 from strata.evaluation.generate import GenerateJob, generate
-from strata.evaluation.reg2rg import Reg2RGSources
 from strata.logging_setup import snakemake_logging
-from strata.reg2rg.config import GenerationConfig as Reg2RGGeneration
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 
 
-def reg2rg_sources(smk) -> Reg2RGSources:
+def reg2rg_sources(smk):
+    """Reg2RG jobs only (its modules load peft / transformers: ~6 s of CPU per process)."""
+    from strata.evaluation.reg2rg import Reg2RGSources
+    from strata.reg2rg.config import GenerationConfig as Reg2RGGeneration
+
     params = smk.params.reg2rg
     return Reg2RGSources(
         tokenizer_dir=Path(smk.input.tokenizer),

@@ -60,7 +60,6 @@ from strata.evaluation.protocol import (
     group_split,
     segment_units,
 )
-from strata.evaluation.reg2rg import reg2rg_metrics
 from strata.evaluation.tasks import task_level_metrics
 from strata.pose.labels import TaskLabels, check_overlap, read_task_labels
 
@@ -226,6 +225,14 @@ def embedding_metrics(job: EvaluateJob) -> Metrics:
 
 def _sorted(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values(["sample_id", "frame"], kind="stable").reset_index(drop=True)
+
+
+def reg2rg_metrics(job: EvaluateJob) -> Metrics:
+    """Reg2RG's report metrics and controls (imported here: peft / transformers cost ~6 s of
+    CPU per process, which every other family's evaluate job would otherwise pay)."""
+    from strata.evaluation.reg2rg import reg2rg_metrics as metrics
+
+    return metrics(job)
 
 
 #: family -> its metrics and baselines (model -> level -> metric -> value)

@@ -41,7 +41,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -54,8 +54,10 @@ from strata.evaluation.data import ct_volumes, model_input, pose_test_mask, pose
 from strata.evaluation.embeddings import frame_embeddings, level_grids, volume_embeddings
 from strata.evaluation.parts import ChunkedParquet
 from strata.evaluation.posevae import prior_and_interpolation, reconstructions
-from strata.evaluation.reg2rg import Reg2RGSources, load_for_generation, reg2rg_reports
 from strata.io.atomic import sha256_files
+
+if TYPE_CHECKING:
+    from strata.evaluation.reg2rg import Reg2RGSources
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,20 @@ def posevae_outputs(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParq
 
 def embeddings(job: GenerateJob, model: torch.nn.Module, parts: ChunkedParquet) -> int:
     return (pose_embeddings if job.data == "pose" else ct_embeddings)(job, model, parts)
+
+
+def reg2rg_reports(job: GenerateJob, loaded: Any, parts: ChunkedParquet) -> int:
+    """Reg2RG's reports (imported here: peft / transformers cost ~6 s of CPU per process,
+    which every other family's generate job would otherwise pay)."""
+    from strata.evaluation.reg2rg import reg2rg_reports as reports
+
+    return reports(job, loaded, parts)
+
+
+def load_for_generation(job: GenerateJob) -> Any:
+    from strata.evaluation.reg2rg import load_for_generation as load
+
+    return load(job)
 
 
 #: family -> writer of its part files, given the loaded model (returns the number of parts)

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.decomposition import PCA
 from torch import Tensor
 
 from strata.evaluation.data import held_out_sequences, pose_windows
@@ -133,6 +132,8 @@ def vae_metrics(recon: np.ndarray, x: np.ndarray, valid: np.ndarray, mu: np.ndar
 def pca_reconstruction(train: np.ndarray, test: np.ndarray, components: int) -> np.ndarray:
     """``test`` [B, T, F] projected on the first ``components`` principal components of the
     ``train`` windows [M, T, F] (capped at what M windows can span) and mapped back."""
+    from sklearn.decomposition import PCA  # lazy: generate jobs import this module
+
     k = min(components, train.shape[0], train.shape[1] * train.shape[2])
     pca = PCA(n_components=k, svd_solver="full").fit(train.reshape(len(train), -1))
     return pca.inverse_transform(pca.transform(test.reshape(len(test), -1))).reshape(test.shape)
