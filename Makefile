@@ -56,8 +56,10 @@ $(STAMP): pyproject.toml constraints/torch.txt
 		sys.exit(0 if v == '2.13.0' else f'error: torch {torch.__version__} installed, expected 2.13.0')"
 	echo torch=$(TORCH) > $(STAMP)
 
+# The whole DAG, then the verdict: did each model reach its learning targets (PASS / FAIL)?
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
+	@cat results/summary/verdict.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

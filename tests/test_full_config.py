@@ -75,7 +75,8 @@ def test_full_config_plans_exactly_its_own_runs(project, tmp_path):
     assert "demo_data_ct" not in plan and "demo_data_pose" not in plan
     assert plan["preprocess_ct"] == 3  # 2 RadGenome NIfTI studies + 1 DICOM series
     assert not {"reg2rg_tokenizer", "reg2rg_token_cache", "train_reg2rg"} & set(plan)
-    assert plan["generate"] == plan["evaluate"] == 2 + 2 + 1  # checkpoints of hiera3d, posevae, hjepa
+    # checkpoints of hiera3d, posevae, hjepa, each with step 0 (the initialisation, the random_init baseline)
+    assert plan["generate"] == plan["evaluate"] == (2 + 1) + (2 + 1) + (1 + 1)
 
 
 def test_missing_reg2rg_weights_are_named_and_fail_only_reg2rg(project, tmp_path):

@@ -6,8 +6,8 @@ Every evaluate job of a hierarchical ViT-3D or H-JEPA run scores, beside the che
 * ``random_init``: the same architecture at its seeded random initialisation (checkpoint
   step 0 that every training writes first; :meth:`TrainConfig.checkpoint_steps`);
 * ``pca``: the raw model input at the level's scale (pose: the frames of the row's time
-  token, flattened; CT: the whole cached volume), reduced by PCA to the level's feature
-  width, fitted on each probe's training part (:func:`strata.evaluation.probes.fit_predict`);
+  token, flattened; CT: the cached volume average-pooled to :data:`POOLED`), reduced by PCA
+  to the level's feature width, fitted on each probe's training part (:func:`strata.evaluation.probes.fit_predict`);
 * a domain baseline: pose ``kinematic`` (per mouse: centre speed, nose-to-tail-base length,
   heading change; pairwise centre distances; averaged over the level's time token), CT
   ``mask_volume`` (voxels of each of the 10 region masks);
@@ -26,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from torch.nn.functional import adaptive_avg_pool3d
 
 from strata.evaluation.data import ct_volumes, pose_windows
 from strata.pose.keypoints import KEYPOINT_INDEX, N_KEYPOINTS
 
 RANDOM_INIT, PCA_RAW, CONSTANT = "random_init", "pca", "constant"
 KINEMATIC, MASK_VOLUME = "kinematic", "mask_volume"
+#: CT PCA baseline: the grid each cached volume is average-pooled to first (per channel)
+POOLED = (16, 16, 8)
 #: baselines that encode the labels' own making (never the margin's reference)
 DOMAIN = frozenset({KINEMATIC, MASK_VOLUME})
 
@@ -107,7 +110,10 @@ class CTBaselines:
         ids = data.table["study_id"].astype(str).tolist()
         items = [data[i] for i in range(len(data))]
         self.index = {s: i for i, s in enumerate(ids)}
-        self.volumes = np.stack([item["x"].reshape(-1).numpy() for item in items]).astype(np.float64)
+        # the PCA baseline's input: each volume average-pooled to POOLED voxels per channel, so
+        # a cohort of thousands of full-size studies fits in memory (3 x 256 x 256 x 64 -> 2,048)
+        self.volumes = np.stack([adaptive_avg_pool3d(item["x"][None], POOLED).reshape(-1).numpy()
+                                 for item in items]).astype(np.float64)
         self.mask_volumes = np.stack([item["masks"].reshape(item["masks"].shape[0], -1).sum(-1).numpy()
                                       for item in items]).astype(np.float64)
 

@@ -159,9 +159,9 @@ def reg2rg_checks(m: RunMetrics, best: int) -> list[Check]:
     acc = m.value("finding_accuracy", best)
     swapped = m.value("finding_accuracy", best, "swapped_tokens")
     template = m.value("finding_accuracy", best, "normal_template")
-    written = m.value("all_regions_written", best)
+    written = m.value("regions_complete", best)
     return [
-        _missing("regions written", "all_regions_written") if np.isnan(written) else
+        _missing("regions written", "regions_complete") if np.isnan(written) else
         Check("every region written for >= 90 % of held-out studies", written >= 0.9, f"{_f(written)}"),
         _missing("finding accuracy", "finding_accuracy") if np.isnan(acc) else
         Check("finding accuracy >= 0.7", acc >= 0.7, f"{_f(acc)}"),
