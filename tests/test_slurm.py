@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SNAKEMAKE, copy_workflow
+from conftest import REPO, SNAKEMAKE, TEST_CONFIG, copy_workflow
 
 from strata.training.monitor import LIVE_LOG, TENSORBOARD
 
@@ -42,8 +42,8 @@ TARGETS = ("results/cache/ct/manifest.parquet", "results/cache/ct/reports.parque
 
 
 def short_training() -> dict:
-    """The demo config (a --configfile is the whole config) with a 20-step pose VAE run."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    """The test config (a --configfile is the whole config) with a 20-step pose VAE run."""
+    config = yaml.safe_load(TEST_CONFIG.read_text())
     config["models"]["posevae"][TRAIN_RUN]["train"].update(total_steps=20, save_every=10)
     return config
 RUN_TIMEOUT = 900  # seconds; the run is wrapped in `timeout -s KILL` so a hung poll cannot hang the test

@@ -18,6 +18,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
+def pca(components: int, x_train: np.ndarray) -> PCA:
+    """An exact, deterministic PCA to ``components`` (capped by the training part's shape):
+    the eigenvectors of the covariance when there are more samples than features (a
+    d x d problem instead of an SVD of the whole n x d matrix), else a full SVD."""
+    n, d = x_train.shape
+    solver = "covariance_eigh" if n > d else "full"
+    return PCA(n_components=min(components, n, d), svd_solver=solver)
+
+
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                 alphas: tuple[float, ...], class_weight: str | None = None,
                 reduce_to: int | None = None) -> tuple[np.ndarray, float]:
@@ -27,9 +36,7 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     classes = np.unique(y_train)
     if len(classes) == 1:
         return np.full(len(x_test), classes[0]), float("nan")
-    steps = []
-    if reduce_to is not None:
-        steps.append(PCA(n_components=min(reduce_to, *x_train.shape), svd_solver="full"))
+    steps = [pca(reduce_to, x_train)] if reduce_to is not None else []
     steps += [StandardScaler(), RidgeClassifierCV(alphas=np.asarray(alphas, dtype=float), class_weight=class_weight)]
     probe = make_pipeline(*steps).fit(x_train, y_train)
     return probe.predict(x_test), float(probe[-1].alpha_)
@@ -39,7 +46,7 @@ def regression_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
                      reduce_to: int | None = None) -> np.ndarray:
     """Ridge regression (alpha by efficient leave-one-out on the training part) on
     standardised features (after PCA to ``reduce_to`` when given): predictions for ``x_test``."""
-    steps = [PCA(n_components=min(reduce_to, *x_train.shape), svd_solver="full")] if reduce_to is not None else []
+    steps = [pca(reduce_to, x_train)] if reduce_to is not None else []
     probe = make_pipeline(*steps, StandardScaler(), RidgeCV(alphas=np.asarray(alphas, dtype=float)))
     return probe.fit(x_train, y_train).predict(x_test)
 

@@ -3,8 +3,8 @@
 A *group* is what never straddles a split: a pose sequence (overlapping windows of one
 sequence share frames) or a CT study. Groups are divided once per evaluate job:
 
-* validation: ``validation_fraction`` of the groups (pose: spread evenly over the sorted
-  names; CT: stratified by finding combination). A probe fitted on every other group
+* validation: ``validation_fraction`` of the groups (every k-th of the sorted names; CT:
+  taken stratum by stratum of the finding combinations, so each part keeps the balance). A probe fitted on every other group
   scores them; these ``*_val`` numbers choose the best checkpoint and never enter a
   reported test number.
 * test folds: the remaining groups in ``folds`` folds (round robin in sorted order, per
@@ -51,13 +51,14 @@ def group_split(groups: Sequence[str], folds: int, validation_fraction: float,
     every = max(2, round(1.0 / validation_fraction)) if validation_fraction > 0 else 0
     validation: set[str] = set()
     rest: list[str] = []
-    for members in by_stratum.values():
-        for i, name in enumerate(members):
-            # the i-th member of a stratum is validation when i % every == every - 1
-            if every and i % every == every - 1:
+    counter = 0
+    for members in by_stratum.values():  # stratum by stratum: every part draws from each stratum
+        for name in members:
+            if every and counter % every == every - 1:
                 validation.add(name)
             else:
                 rest.append(name)
+            counter += 1
     if len(rest) < 2:
         raise ValueError(f"{len(names)} groups leave {len(rest)} for the test folds after validation "
                          f"(validation_fraction {validation_fraction}): need at least 2")
@@ -118,9 +119,11 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, classes: np.ndarray) -> float:
     computed from counts: the bootstrap calls it thousands of times)."""
     if len(y) == 0:
         return float("nan")
-    index = {c: i for i, c in enumerate(classes)}
-    yi, pi = np.vectorize(index.get)(y), np.vectorize(index.get)(pred)
-    n = len(classes)
+    return _macro_f1_indexed(np.searchsorted(classes, y), np.searchsorted(classes, pred), len(classes))
+
+
+def _macro_f1_indexed(yi: np.ndarray, pi: np.ndarray, n: int) -> float:
+    """:func:`macro_f1` of class indices ``0..n-1``."""
     tp = np.bincount(yi[yi == pi], minlength=n).astype(float)
     support, predicted = np.bincount(yi, minlength=n), np.bincount(pi, minlength=n)
     present = (support + predicted) > 0
@@ -139,12 +142,14 @@ def bootstrap_intervals(preds: Mapping[str, Sequence[Predictions]], reference: s
     rows_of = [np.flatnonzero(inverse == i) for i in range(len(unit_ids))]
     classes = [np.unique(np.concatenate([p[t].y for p in preds.values()] + [p[t].pred for p in preds.values()]))
                for t in range(len(first))]
+    indexed = {name: [(np.searchsorted(classes[t], p.y), np.searchsorted(classes[t], p.pred), len(classes[t]))
+                      for t, p in enumerate(probes)] for name, probes in preds.items()}
     rng = np.random.default_rng(seed)
     samples = {name: np.empty(resamples) for name in preds}
     for b in range(resamples):
         rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(unit_ids), len(unit_ids))])
-        for name, probes in preds.items():
-            samples[name][b] = np.mean([macro_f1(p.y[rows], p.pred[rows], classes[t]) for t, p in enumerate(probes)])
+        for name, probes in indexed.items():
+            samples[name][b] = np.mean([_macro_f1_indexed(yi[rows], pi[rows], n) for yi, pi, n in probes])
     out = {}
     for name in preds:
         low, high = np.nanpercentile(samples[name], [2.5, 97.5])
