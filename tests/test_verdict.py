@@ -44,3 +44,11 @@ def test_a_run_at_its_random_init_fails_and_missing_numbers_fail_by_name():
     vae = table[table["family"] == "posevae"]
     assert (vae["result"] == "FAIL").all() and vae["numbers"].str.startswith("not reported").all()
     assert "# Verdict: FAIL" in verdict_markdown(table)
+
+
+def test_a_run_whose_initialisation_scores_best_fails_and_is_judged_at_its_best_trained_step():
+    rows = _embedding_run(0.3, 0.4, -0.2)  # training made the probe worse
+    table = verdict(pd.DataFrame(rows, columns=COLUMNS), {("hjepa", "pose"): 0})
+    first = table.iloc[0]
+    assert first["target"] == "training improves on the initialisation (validation)" and first["result"] == "FAIL"
+    assert "step 10" in table.iloc[1]["numbers"]  # the other targets at the best trained step

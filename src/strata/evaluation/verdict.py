@@ -79,9 +79,15 @@ def _f(v: float) -> str:
 
 def embedding_checks(m: RunMetrics, best: int) -> list[Check]:
     out = []
+    trained_steps = [s for s in m.steps if s != 0]
+    if best == 0 and trained_steps:  # the initialisation scores best on validation: judge the best trained step
+        val_means = {s: m.value("probe_macro_f1_val", s) for s in trained_steps}
+        best = max(trained_steps, key=lambda s: (np.nan_to_num(val_means[s], nan=-1.0), -s))
+        out.append(Check("training improves on the initialisation (validation)", False,
+                         f"step 0 scores best on validation; below: the best trained step, {best}"))
     val = m.levels("probe_macro_f1_val", best)
     if val.empty or val.isna().all():
-        return [_missing("probe targets", "probe_macro_f1_val (no labels?)")]
+        return [*out, _missing("probe targets", "probe_macro_f1_val (no labels?)")]
     level = str(val.idxmax())
     f1 = m.value("probe_macro_f1", best, level=level)
     init = m.value("probe_macro_f1", best, RANDOM_INIT, level)
