@@ -19,22 +19,25 @@ Embedding models (per level), always: ``embedding_std`` (std over samples, avera
 dimensions: near 0 means collapse), ``embedding_norm`` (mean L2 norm of a sample) and
 ``embedding_effective_rank`` (exp of the entropy of the normalised eigenvalues of the
 feature covariance, Roy & Vetterli 2007: 1 = every sample on one line, D = isotropic);
-probes (:mod:`strata.evaluation.probes`) ``probe_accuracy``, ``probe_macro_f1``,
-``probe_alpha``, ``probe_n_train``, ``probe_n_test`` where labels exist. Pose: the per-frame
-behaviour labels of the pose file (the ``behaviour`` row of a MABe22 ``.npy``'s
-``annotations``, or the ``behaviour`` column of a long table), split by sequence: the last
-``probe.pose_test_sequences`` of the sequences with any label are tested; without any
+probes (:mod:`strata.evaluation.protocol`: validation part + k test folds by sequence / study)
+``probe_accuracy``, ``probe_macro_f1`` (pooled test folds), ``probe_*_val`` (validation part,
+chooses the best checkpoint), ``probe_macro_f1_ci_low/high`` (bootstrap), ``probe_alpha``,
+``probe_n_train``, ``probe_n_test``, ``probe_n_val`` where labels exist, and on each baseline's
+rows ``probe_macro_f1_margin_ci_low/high`` (paired interval of trained minus that baseline).
+Pose: the per-frame behaviour labels of the pose file (the ``behaviour`` row of a MABe22
+``.npy``'s ``annotations``, or the ``behaviour`` column of a long table); without any
 per-frame label (MABe22's training file) no probe rows are written. With a label file in
 MABe22's test-label format (``data.pose.labels``), per task and level the metrics of
 :mod:`strata.evaluation.tasks` (``task_f1/<task>``, ``task_mse/<task>``, ``task_seq_f1/<task>``,
 ... and the means ``task_f1``, ``task_mse``, ``task_seq_f1``, ``task_seq_mse``). CT: one
-probe per finding (``/nodule_size``, ``/cardiomegaly``, ``/effusion`` suffixes), stratified
-k-fold over studies (``probe.ct_split``); the unsuffixed ``probe_accuracy`` /
-``probe_macro_f1`` average the findings. CT probes need finding labels (the demo plan);
-without them only the embedding statistics are written.
-Pose VAE (level ``all``, held-out windows): ``recon_mse``, ``kl``, ``active_units``
-(:mod:`strata.evaluation.posevae`). Reg2RG (level ``all``): report metrics and, on the
-demo, finding-level accuracy (:mod:`strata.evaluation.reg2rg`).
+probe per finding (``/nodule_size``, ``/cardiomegaly``, ``/effusion`` suffixes), folds
+stratified by finding combination; the unsuffixed ``probe_accuracy`` / ``probe_macro_f1``
+average the findings. CT probes need finding labels (the demo plan); without them only the
+embedding statistics are written. Every embedding metric is also written for the baselines of
+:mod:`strata.evaluation.baselines` (statistics for ``random_init`` only).
+Pose VAE (level ``all``, held-out windows): ``recon_mse``, ``kl``, ``active_units`` and its
+baselines and diagnostics (:mod:`strata.evaluation.posevae`). Reg2RG (level ``all``): report
+metrics, on the demo finding-level accuracy, and its controls (:mod:`strata.evaluation.reg2rg`).
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ project's deterministic choices:
 
 Metric names (per hierarchy level; ``<task>`` = the vocabulary entry):
 ``task_f1/<task>``, ``task_accuracy/<task>``, ``task_f1_positive/<task>``,
-``task_mse/<task>``, ``task_r2/<task>``, ``task_alpha/<task>``, ``task_n_train/<task>``,
-``task_n_test/<task>`` for frame-level tasks; the same with ``task_seq_`` instead of
-``task_`` for sequence-level tasks; and the means over tasks ``task_f1`` / ``task_mse``
+``task_mse/<task>``, ``task_r2/<task>``, ``task_alpha/<task>`` (discrete),
+``task_n_test/<task>`` (rows in the pooled test folds) for frame-level tasks; the same with
+``task_seq_`` instead of ``task_`` for sequence-level tasks; and the means over tasks ``task_f1`` / ``task_mse``
 (frame-level discrete / continuous tasks) and ``task_seq_f1`` / ``task_seq_mse``.
 """
 
