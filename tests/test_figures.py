@@ -151,3 +151,19 @@ def test_reports_figure_and_report_metric_curves(tmp_path):
     assert split.loc[split["metric"] == "finding_accuracy", "level"].tolist() == ["all", "all"]
     metric_figure(split, ["bleu1", "finding_accuracy"], 2, "reg2rg", tmp_path / "curves.png")
     assert is_png(tmp_path / "curves.png")
+
+
+def test_probe_figure_draws_a_panel_per_label_and_says_when_there_are_none(tmp_path):
+    from matplotlib.image import imread
+
+    from strata.figures.probes import panels, probe_figure
+
+    rows = [(5, lv, model, metric, value) for lv in ("0", "1") for model, value in (("trained", 0.6), ("pca", 0.4))
+            for metric in ("probe_macro_f1", "task_f1/turning", "task_seq_f1/strain")]
+    long = pd.DataFrame(rows, columns=["step", "level", "model", "metric", "value"])
+    assert [m for m, _ in panels(long)] == ["probe_macro_f1", "task_f1/turning", "task_seq_f1/strain"]
+    probe_figure(long, 5, "run", tmp_path / "three.png")
+    probe_figure(long[long["metric"] == "probe_macro_f1"], 5, "run", tmp_path / "one.png")
+    assert imread(tmp_path / "three.png").shape[1] > 2 * imread(tmp_path / "one.png").shape[1]  # a panel each
+    probe_figure(long.assign(metric="embedding_std"), 5, "run", tmp_path / "none.png")
+    assert panels(long.assign(metric="embedding_std")) == [] and (tmp_path / "none.png").stat().st_size > 0

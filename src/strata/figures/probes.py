@@ -77,7 +77,8 @@ def probe_figure(long: pd.DataFrame, step: int, title: str, png: Path) -> None:
         ax.set_xticks(sorted({int(lv) for lv in rows["level"].unique()}))
     for ax in list(axes.flat)[len(chosen):]:
         ax.set_axis_off()
-    axes.flat[0].legend(fontsize=7, loc="lower right")
+    handles, names = axes.flat[0].get_legend_handles_labels()
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for one legend row under every panel
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
     save(fig, png)
