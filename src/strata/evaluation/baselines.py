@@ -14,8 +14,8 @@ Every evaluate job of a hierarchical ViT-3D or H-JEPA run scores, beside the che
 * ``constant``: one constant feature (the probe can only learn the class prior).
 
 The margin the summary reports is to the strongest of the *non-domain* baselines
-(:data:`DOMAIN`): a domain baseline encodes what the labels were made from, so beating it is
-not expected of a self-supervised model on every task.
+(:data:`strata.evaluation.model_names.DOMAIN`): a domain baseline encodes what the labels
+were made from, so beating it is not expected of a self-supervised model on every task.
 """
 
 from __future__ import annotations
@@ -29,14 +29,11 @@ import pandas as pd
 from torch.nn.functional import adaptive_avg_pool3d
 
 from strata.evaluation.data import ct_volumes, pose_windows
+from strata.evaluation.model_names import CONSTANT, KINEMATIC, MASK_VOLUME, PCA_RAW
 from strata.pose.keypoints import KEYPOINT_INDEX, N_KEYPOINTS
 
-RANDOM_INIT, PCA_RAW, CONSTANT = "random_init", "pca", "constant"
-KINEMATIC, MASK_VOLUME = "kinematic", "mask_volume"
 #: CT PCA baseline: the grid each cached volume is average-pooled to first (per channel)
 POOLED = (16, 16, 8)
-#: baselines that encode the labels' own making (never the margin's reference)
-DOMAIN = frozenset({KINEMATIC, MASK_VOLUME})
 
 
 @dataclass(frozen=True)
@@ -108,14 +105,16 @@ class CTBaselines:
     def __init__(self, cache_dir: Path) -> None:
         data = ct_volumes(cache_dir)
         ids = data.table["study_id"].astype(str).tolist()
-        items = [data[i] for i in range(len(data))]
         self.index = {s: i for i, s in enumerate(ids)}
-        # the PCA baseline's input: each volume average-pooled to POOLED voxels per channel, so
-        # a cohort of thousands of full-size studies fits in memory (3 x 256 x 256 x 64 -> 2,048)
-        self.volumes = np.stack([adaptive_avg_pool3d(item["x"][None], POOLED).reshape(-1).numpy()
-                                 for item in items]).astype(np.float64)
-        self.mask_volumes = np.stack([item["masks"].reshape(item["masks"].shape[0], -1).sum(-1).numpy()
-                                      for item in items]).astype(np.float64)
+        pooled, mask_volumes = [], []
+        for i in range(len(data)):  # one study in memory at a time
+            item = data[i]
+            # the PCA baseline's input: the volume average-pooled to POOLED voxels per channel, so
+            # a cohort of thousands of full-size studies fits in memory (3 x 256 x 256 x 64 -> 2,048)
+            pooled.append(adaptive_avg_pool3d(item["x"][None], POOLED).reshape(-1).numpy())
+            mask_volumes.append(item["masks"].reshape(item["masks"].shape[0], -1).sum(-1).numpy())
+        self.volumes = np.stack(pooled).astype(np.float64)
+        self.mask_volumes = np.stack(mask_volumes).astype(np.float64)
 
     def level(self, rows: pd.DataFrame, width: int) -> Iterator[tuple[str, Features]]:
         order = np.array([self.index[s] for s in rows["sample_id"].astype(str)])

@@ -52,8 +52,9 @@ import numpy as np
 import pandas as pd
 
 from strata.ct.demo_plan import DemoFindings
-from strata.evaluation.baselines import RANDOM_INIT, CTBaselines, Features, PoseBaselines
+from strata.evaluation.baselines import CTBaselines, Features, PoseBaselines
 from strata.evaluation.config import ProbeConfig
+from strata.evaluation.model_names import RANDOM_INIT, TRAINED
 from strata.evaluation.posevae import posevae_metrics
 from strata.evaluation.probes import scores
 from strata.evaluation.protocol import (
@@ -69,7 +70,6 @@ from strata.pose.labels import TaskLabels, check_overlap, read_task_labels
 log = logging.getLogger(__name__)
 
 COLUMNS = ("family", "run", "step", "level", "model", "metric", "value")
-TRAINED = "trained"
 #: model -> level -> metric -> value (:data:`TRAINED` always present)
 Metrics = dict[str, dict[str, dict[str, float]]]
 CT_FINDINGS = ("nodule_size", "cardiomegaly", "effusion")
@@ -194,6 +194,7 @@ def embedding_metrics(job: EvaluateJob) -> Metrics:
         source = job.pose_source or str(job.cache_dir / "pose" / "manifest.parquet")
         tasks = labels, check_overlap(labels, table["sequence"].unique(), source)
         log.info("%s: %d tasks over %d labelled pose sequences", labels.path, len(labels.tasks), len(tasks[1]))
+        task_split = group_split(tasks[1], job.probe.folds, job.probe.validation_fraction)  # every level, model
     raw = (PoseBaselines if job.data == "pose" else CTBaselines)(job.cache_dir) if job.baselines else None
     out: Metrics = {}
     for level, rows in table.groupby("level", sort=True):
@@ -216,9 +217,8 @@ def embedding_metrics(job: EvaluateJob) -> Metrics:
             for model, scored in _probe_metrics(job, preds).items():
                 metrics[model].update(scored)
         if tasks is not None:
-            split = group_split(tasks[1], job.probe.folds, job.probe.validation_fraction)
             for model, f in features.items():
-                metrics[model].update(task_level_metrics(rows, f, *tasks, split, job.probe.alphas,
+                metrics[model].update(task_level_metrics(rows, f, *tasks, task_split, job.probe.alphas,
                                                          where=f"level {level}, {model}"))
         for model, values in metrics.items():
             if values:

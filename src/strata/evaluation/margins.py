@@ -16,9 +16,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from strata.evaluation.baselines import DOMAIN
+from strata.evaluation.model_names import DOMAIN, TRAINED
 
-TRAINED = "trained"
 KEYS = ["family", "run", "step", "metric"]
 _NOT_COMPARED = re.compile(r"(?:^|_)(?:n_|alpha|ci_|margin)|n_test|n_train|n_val|n_studies")
 

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from strata.evaluation.data import held_out_sequences, pose_windows
+from strata.evaluation.model_names import TRAINED
 from strata.io.atomic import read_tensor_metadata
 from strata.models.pose_vae import ACTIVE_UNIT_THRESHOLD, PoseVAE, chunk_count
 from strata.pose.keypoints import KEYPOINT_INDEX, N_KEYPOINTS
@@ -260,7 +261,7 @@ def posevae_metrics(job: Any) -> dict[str, dict[str, dict[str, float]]]:
     trained |= {"n_test_windows": float(len(ids)), "border_mse_ratio": border_mse_ratio(pose, x, valid, chunk_len),
                 "prior_mean_mse_ratio": scores["prior_mean"]["recon_mse"] / max(trained["recon_mse"], 1e-12)}
     trained |= prior_statistics(_stack(table[table["kind"] == "prior"], t, f), everything, all_valid, scale)
-    result = {"trained": trained} | scores
+    result = {TRAINED: trained} | scores
     for metrics in result.values():
         metrics["recon_rmse_px"] = float(np.sqrt(metrics["recon_mse"]) * scale)
     return {model: {"all": metrics} for model, metrics in result.items()}

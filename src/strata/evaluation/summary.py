@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from strata.evaluation.config import BestCheckpoint
+from strata.evaluation.model_names import TRAINED
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ TASK_SCORES = ("f1", "f1_positive", "mse", "r2")
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     """Long metrics (family, run, step, level, model, metric, value) -> one row per checkpoint
     (the trained model's rows)."""
-    long = long[long["model"] == "trained"]
+    long = long[long["model"] == TRAINED]
     per_run = long[long["level"] == "all"].pivot_table(index=KEYS, columns="metric", values="value", aggfunc="first")
     levels = long[long["level"] != "all"]
     tables = [per_run]
@@ -86,7 +87,7 @@ def with_margins(best: pd.DataFrame, margins: pd.DataFrame) -> pd.DataFrame:
                         & (margins["step"] == row.step) & (margins["metric"] == metric)]
         if len(match):
             m = match.iloc[0]
-            extra.append((metric, m["trained"], m["strongest_baseline"], m["baseline_value"], m["margin"]))
+            extra.append((metric, m[TRAINED], m["strongest_baseline"], m["baseline_value"], m["margin"]))
         else:
             extra.append((metric, np.nan, "", np.nan, np.nan))
     columns = ["test_metric", "test_value", "strongest_baseline", "baseline_value", "margin"]

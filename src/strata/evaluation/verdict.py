@@ -35,9 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from strata.evaluation.baselines import PCA_RAW, RANDOM_INIT
-
-TRAINED = "trained"
+from strata.evaluation.model_names import PCA_RAW, RANDOM_INIT, TRAINED
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from strata.config import from_dict
 from strata.evaluation.checkpoints import load_model
 from strata.evaluation.config import BestCheckpoint
 from strata.evaluation.data import ct_volumes, model_input, pose_test_mask, pose_windows
-from strata.evaluation.evaluate import TRAINED
+from strata.evaluation.model_names import TRAINED
 from strata.evaluation.summary import best_checkpoints, wide_table
 from strata.figures.ct import ct_rollout_figure
 from strata.figures.curves import loss_figure, metric_figure
