@@ -19,7 +19,7 @@ endif
 export PIP_CONSTRAINT := $(CURDIR)/constraints/torch.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: FORCE install demo test test-slow test-slurm test-full-config report bench lint clean-results
+.PHONY: FORCE install demo verdict test test-slow test-slurm test-full-config report bench lint clean-results
 
 install: $(STAMP)
 
@@ -59,7 +59,15 @@ $(STAMP): pyproject.toml constraints/torch.txt
 # The whole DAG, then the verdict: did each model reach its learning targets (PASS / FAIL)?
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
-	@cat results/summary/verdict.md
+	@$(MAKE) --no-print-directory verdict
+
+# Print the verdict; exit 1 unless every learning target is met (so a change that stops a
+# model learning fails `make demo`).
+VERDICT ?= results/summary/verdict.md
+verdict:
+	@cat $(VERDICT)
+	@head -n 1 $(VERDICT) | grep -q '^# Verdict: PASS' || { \
+		echo "make demo: FAIL, a model missed a learning target (each target's numbers: $(VERDICT))" >&2; exit 1; }
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -1,6 +1,7 @@
 # Typed config, the study table and target lists; rules stay free of lambdas.
 from strata.config import StrataConfig, from_dict
 from strata.ct.layout import demo_studies, discover_studies
+from strata.ct.shards import shard_members
 from strata.reg2rg.split import held_out_studies, training_studies
 from strata.reg2rg.weight_paths import all_weights, weight_problems
 from snakemake.logging import logger
@@ -23,6 +24,13 @@ else:
     STUDIES = discover_studies(CFG.data.ct)
 STUDY = {study.study_id: study for study in STUDIES}
 STUDY_IDS = sorted(STUDY)
+# Per-study stages run as CFG.preprocess.ct.shards jobs (shard name -> its studies).
+CT_SHARDS = shard_members(STUDY_IDS, CFG.preprocess.ct.shards)
+
+# Per-study cache files, spelled once (expand() them over study ids).
+CT_STUDY_TENSORS = "results/cache/ct/studies/{study}.safetensors"
+CT_STUDY_ROW = "results/cache/ct/rows/{study}.parquet"
+REG2RG_STUDY_TOKENS = "results/reg2rg/tokens/{study}.safetensors"
 
 # Reg2RG needs published weights; while any is missing the default target leaves it out
 # (the other families still run) and its rules, asked for by name, fail naming the key.
@@ -59,13 +67,21 @@ def config_subset(*keys):
     return _sorted(node)
 
 
-def ct_study_inputs(wildcards):
-    """The volume files and region masks of one study (so a change re-runs only it)."""
-    study = STUDY[wildcards.study]
-    return {
-        "files": [str(p) for p in study.files],
-        "masks": [str(p) for _, p in study.masks],
-    }
+def ct_shard_inputs(study_ids):
+    """The volume files and region masks of a shard's studies."""
+    return [str(p) for sid in study_ids for p in (*STUDY[sid].files, *(m for _, m in STUDY[sid].masks))]
+
+
+def ct_shard_plan(study_ids):
+    """Params of a preprocess_ct shard: each study's files and masks, in output order."""
+    return [
+        {
+            "study": sid,
+            "files": [str(p) for p in STUDY[sid].files],
+            "masks": [str(p) for _, p in STUDY[sid].masks],
+        }
+        for sid in study_ids
+    ]
 
 
 def demo_ct_outputs():
@@ -190,7 +206,7 @@ def reg2rg_train_inputs(wildcards):
         "tokenizer": "results/reg2rg/tokenizer",
         "reports": "results/cache/ct/reports.parquet",
         "tokens": expand(
-            "results/reg2rg/tokens/{study}.safetensors",
+            REG2RG_STUDY_TOKENS,
             study=training_studies(STUDY_IDS, CFG.reg2rg.split),
         ),
         "extra": extra,

@@ -63,7 +63,7 @@ def generate_inputs(wildcards):
         inputs["tokenizer"] = "results/reg2rg/tokenizer"
         inputs["reports"] = "results/cache/ct/reports.parquet"
         inputs["tokens"] = expand(
-            "results/reg2rg/tokens/{study}.safetensors", study=reg2rg_held_out()
+            REG2RG_STUDY_TOKENS, study=reg2rg_held_out()
         )
     return inputs
 

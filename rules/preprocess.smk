@@ -1,27 +1,35 @@
 # CT studies and pose tracks -> cached tensors + parquet manifests.
 
 
-rule preprocess_ct:
-    input:
-        unpack(ct_study_inputs),
-    output:
-        tensors="results/cache/ct/studies/{study}.safetensors",
-        row="results/cache/ct/rows/{study}.parquet",
-    log:
-        "results/logs/preprocess_ct/{study}.log",
-    benchmark:
-        "results/benchmarks/preprocess_ct/{study}.tsv"
-    conda:
-        "../envs/data.yaml"
-    params:
-        ct=config_subset("preprocess", "ct"),
-    script:
-        "../workflow_scripts/preprocess_ct.py"
+# One job per shard of studies (preprocess.ct.shards; src/strata/ct/shards.py): each job pays
+# the MONAI start-up once, and a new or changed study re-runs only its own shard.
+for SHARD, SHARD_STUDIES in CT_SHARDS.items():
+
+    rule:
+        name:
+            f"preprocess_ct_{SHARD}"
+        input:
+            ct_shard_inputs(SHARD_STUDIES),
+        output:
+            tensors=expand(CT_STUDY_TENSORS, study=SHARD_STUDIES),
+            rows=expand(CT_STUDY_ROW, study=SHARD_STUDIES),
+        log:
+            f"results/logs/preprocess_ct/{SHARD}.log",
+        benchmark:
+            f"results/benchmarks/preprocess_ct/{SHARD}.tsv"
+        conda:
+            "../envs/data.yaml"
+        threads: 1
+        params:
+            ct=config_subset("preprocess", "ct"),
+            studies=ct_shard_plan(SHARD_STUDIES),
+        script:
+            "../workflow_scripts/preprocess_ct.py"
 
 
 rule ct_manifest:
     input:
-        rows=expand("results/cache/ct/rows/{study}.parquet", study=STUDY_IDS),
+        rows=expand(CT_STUDY_ROW, study=STUDY_IDS),
     output:
         "results/cache/ct/manifest.parquet",
     log:

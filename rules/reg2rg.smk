@@ -1,6 +1,6 @@
-# Reg2RG (docs/design.md section 4.4): tokenizer -> frozen-encoder token cache (one job per study) -> training.
-# One token-cache job per study, like preprocess_ct: a changed study re-runs only its own
-# encoding, and cluster profiles can bundle the short jobs with Snakemake's `group:`.
+# Reg2RG (docs/design.md section 4.4): tokenizer -> frozen-encoder token cache -> training.
+# The token cache runs per shard of studies, like preprocess_ct: the encoders are built once
+# per job, and a changed study re-encodes only its own shard.
 
 
 rule reg2rg_tokenizer:
@@ -21,25 +21,29 @@ rule reg2rg_tokenizer:
         "../workflow_scripts/reg2rg_tokenizer.py"
 
 
-rule reg2rg_token_cache:
-    input:
-        ct="results/cache/ct/studies/{study}.safetensors",
-        weights=reg2rg_weight_inputs(),
-    output:
-        "results/reg2rg/tokens/{study}.safetensors",
-    log:
-        "results/logs/reg2rg_token_cache/{study}.log",
-    benchmark:
-        "results/benchmarks/reg2rg_token_cache/{study}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    threads: 1
-    params:
-        encoder=config_subset("reg2rg", "encoder"),
-        checkpoint=config["reg2rg"]["checkpoint"],
-        seed=config["seed"],
-    script:
-        "../workflow_scripts/reg2rg_token_cache.py"
+for SHARD, SHARD_STUDIES in CT_SHARDS.items():
+
+    rule:
+        name:
+            f"reg2rg_token_cache_{SHARD}"
+        input:
+            ct=expand(CT_STUDY_TENSORS, study=SHARD_STUDIES),
+            weights=reg2rg_weight_inputs(),
+        output:
+            expand(REG2RG_STUDY_TOKENS, study=SHARD_STUDIES),
+        log:
+            f"results/logs/reg2rg_token_cache/{SHARD}.log",
+        benchmark:
+            f"results/benchmarks/reg2rg_token_cache/{SHARD}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        threads: 1
+        params:
+            encoder=config_subset("reg2rg", "encoder"),
+            checkpoint=config["reg2rg"]["checkpoint"],
+            seed=config["seed"],
+        script:
+            "../workflow_scripts/reg2rg_token_cache.py"
 
 
 rule train_reg2rg:

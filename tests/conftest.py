@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -42,8 +43,12 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     return proc
 
 
+SHARD_RULE = re.compile(r"^(preprocess_ct|reg2rg_token_cache)_\d+$")
+
+
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Rule -> job count that ``snakemake -n`` would run (from its job-stats table)."""
+    """Rule -> job count that ``snakemake -n`` would run (from its job-stats table); the
+    per-shard rules count under their stage's name (preprocess_ct: one job per shard)."""
     proc = run_snakemake(workdir, "-n", "--cores", "1", *args)
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
@@ -55,7 +60,8 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
         parts = line.split()
         if len(parts) != 2 or parts[0] == "total":
             break
-        counts[parts[0]] = int(parts[1])
+        rule = SHARD_RULE.sub(r"\1", parts[0])
+        counts[rule] = counts.get(rule, 0) + int(parts[1])
     return counts
 
 
@@ -68,7 +74,7 @@ SMALL_SPACING = (13.0, 13.0, 24.0)  # the 312 x 312 x 288 mm demo field of view 
 def small_ct_config(**changes: object) -> CTPreprocessConfig:
     values: dict = dict(spacing=(15.0, 15.0, 28.0), shape=(16, 16, 8), region_shape=(8, 8, 4), channels=1,
                         hu_window=(-1000.0, 200.0), out_range=(0.0, 1.0), outside_hu=-1024.0, dtype="float32",
-                        on_missing_slice="error", multiple_series="error", spacing_tolerance=0.01)
+                        on_missing_slice="error", multiple_series="error", spacing_tolerance=0.01, shards=1)
     values.update(changes)
     return CTPreprocessConfig(**values)
 

@@ -21,6 +21,8 @@ from conftest import REPO, planned_jobs, run_snakemake
 
 from strata.config import CTDataConfig, DemoCTConfig
 from strata.ct.demo import write_demo_ct
+from strata.ct.layout import demo_studies
+from strata.ct.shards import shard_members
 from strata.pose.mabe22_files import write_mabe22_test_labels, write_mabe22_tracks
 
 FULL = yaml.safe_load((REPO / "config" / "full.yaml").read_text())
@@ -44,13 +46,17 @@ def full_derived() -> dict:
     return config
 
 
-def write_fake_datasets(workdir: Path) -> None:
-    """The data folders full.yaml names, in the published layouts, at small sizes."""
+def fake_ct_layout(workdir: Path) -> tuple[CTDataConfig, DemoCTConfig, int]:
+    """Where full.yaml's CT data lies under ``workdir``, and the fake studies written there."""
     data = FULL["data"]["ct"]
     ct = CTDataConfig(split=data["split"], nifti_root=workdir / data["nifti_root"], reports=workdir / data["reports"],
                       dicom_root=workdir / data["dicom_root"], dicom_mask_root=workdir / data["dicom_mask_root"])
-    write_demo_ct(ct, DemoCTConfig(n_nifti=2, n_dicom=1, shape=(96, 96, 40), spacing=(3.25, 3.25, 7.2), noise_hu=15.0),
-                  seed=7)
+    return ct, DemoCTConfig(n_nifti=2, n_dicom=1, shape=(96, 96, 40), spacing=(3.25, 3.25, 7.2), noise_hu=15.0), 7
+
+
+def write_fake_datasets(workdir: Path) -> None:
+    """The data folders full.yaml names, in the published layouts, at small sizes."""
+    write_demo_ct(*fake_ct_layout(workdir))
     frames = write_mabe22_tracks(workdir / FULL["data"]["pose"]["path"], N_SEQUENCES, N_FRAMES, seed=7)
     write_mabe22_test_labels(workdir / LABELS, frames, seed=7)
 
@@ -73,7 +79,9 @@ def test_full_config_plans_exactly_its_own_runs(project, tmp_path):
     assert {k: v for k, v in plan.items() if k.startswith("train_")} == {
         "train_hiera3d": 1, "train_hjepa": 1, "train_posevae": 1}  # full.yaml's runs, none of the demo's
     assert "demo_data_ct" not in plan and "demo_data_pose" not in plan
-    assert plan["preprocess_ct"] == 3  # 2 RadGenome NIfTI studies + 1 DICOM series
+    shards = yaml.safe_load((project / "full_short.yaml").read_text())["preprocess"]["ct"]["shards"]
+    studies = [s.study_id for s in demo_studies(*fake_ct_layout(project))]  # 2 RadGenome NIfTI studies + 1 DICOM series
+    assert len(studies) == 3 and plan["preprocess_ct"] == len(shard_members(studies, shards))  # a job per shard in use
     assert not {"reg2rg_tokenizer", "reg2rg_token_cache", "train_reg2rg"} & set(plan)
     # checkpoints of hiera3d, posevae, hjepa, each with step 0 (the initialisation, the random_init baseline)
     assert plan["generate"] == plan["evaluate"] == (2 + 1) + (2 + 1) + (1 + 1)

@@ -52,3 +52,18 @@ def test_the_stamp_records_the_mode_and_a_switch_reinstalls(tmp_path):
 def test_an_unknown_torch_mode_is_refused():
     proc = make_n(Path("/nonexistent"), "TORCH=gpu")
     assert proc.returncode != 0 and "TORCH must be cpu or cuda, got 'gpu'" in proc.stderr
+
+
+def make_verdict(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-C", str(REPO), "--no-print-directory", "verdict", f"VERDICT={path}"],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_make_verdict_exits_non_zero_on_a_fail_and_zero_on_a_pass(tmp_path):
+    verdict = tmp_path / "verdict.md"
+    verdict.write_text("# Verdict: FAIL (8 of 29 targets met)\n\n## hjepa / pose\n- **FAIL** beats PCA: 0.19 vs 0.25\n")
+    failed = make_verdict(verdict)
+    assert failed.returncode != 0
+    assert "beats PCA: 0.19 vs 0.25" in failed.stdout and "missed a learning target" in failed.stderr
+    verdict.write_text("# Verdict: PASS (29 of 29 targets met)\n")
+    assert make_verdict(verdict).returncode == 0

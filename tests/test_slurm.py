@@ -288,9 +288,10 @@ def test_jobs_ran_as_slurm_jobs(cluster, runs):
     """Every job of the run was an sbatch job that slurmctld ran to completion; none ran locally."""
     job_ids = _job_ids(runs.slurm_output)
     planned = int(re.search(r"^total\s+(\d+)$", runs.slurm_output, re.MULTILINE).group(1))
-    studies = sum(yaml.safe_load(TEST_CONFIG.read_text())["demo"]["ct"][k] for k in ("n_nifti", "n_dicom"))
-    # one preprocess_ct job per study, plus demo data (2), ct_manifest, reports, pose cache, training
-    assert len(set(job_ids)) == len(job_ids) == planned == studies + 6, runs.slurm_output
+    shards = len(re.findall(r"^preprocess_ct_\d+\s+1$", runs.slurm_output, re.MULTILINE))
+    assert shards >= 1
+    # one preprocess_ct job per shard of studies, plus demo data (2), ct_manifest, reports, pose cache, training
+    assert len(set(job_ids)) == len(job_ids) == planned == shards + 6, runs.slurm_output
     assert "localrule" not in runs.slurm_output
     ctld = cluster.ctld_log.read_text()
     logs = _slurm_logs(runs.slurm)
@@ -313,7 +314,8 @@ def test_profile_resources_reach_sbatch(cluster, runs):
             cluster.job(job_id)
     defaults = PROFILE["default-resources"]
     train = {**defaults, **PROFILE["set-resources"][TRAIN_RULE]}
-    for rule, wanted, cpus in (("preprocess_pose", defaults, "1"), ("preprocess_ct", defaults, "1"),
+    ct_shard = next(rule for rule in job if rule.startswith("preprocess_ct_"))
+    for rule, wanted, cpus in (("preprocess_pose", defaults, "1"), (ct_shard, defaults, "1"),
                                (TRAIN_RULE, train, "2")):
         got = job[rule]
         assert got["Partition"] == wanted["slurm_partition"], (rule, got)

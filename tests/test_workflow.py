@@ -19,10 +19,13 @@ from scipy.ndimage import binary_erosion
 from strata.config import StrataConfig, from_dict
 from strata.ct.demo_plan import demo_plan, nodule_size_class
 from strata.ct.regions import REGION_INDEX
+from strata.ct.shards import shard_members
 
 BASE = yaml.safe_load(TEST_CONFIG.read_text())
 CFG = from_dict(StrataConfig, BASE)
 PLANS = demo_plan(CFG.data.ct, CFG.demo.ct, CFG.seed)
+STUDY_IDS = [p.study_id for p in PLANS]
+CT_SHARDS = shard_members(STUDY_IDS, CFG.preprocess.ct.shards)
 
 
 DATA_TARGETS = ("results/cache/ct/manifest.parquet", "results/cache/ct/reports.parquet",
@@ -127,7 +130,7 @@ def test_pose_only_change_reruns_only_pose_rules(demo_run):
 def test_ct_only_change_reruns_only_ct_rules(demo_run):
     other = {"float16": "float32", "float32": "float16"}[CFG.preprocess.ct.dtype]
     cfg = override(demo_run, "ct_dtype", preprocess__ct__dtype=other)
-    n = len(PLANS)
+    n = len(CT_SHARDS)  # one job per shard of studies
     jobs = plan(demo_run, config=cfg)
     assert upstream(jobs) == {"ct_manifest": 1, "preprocess_ct": n, "reg2rg_token_cache": n, "train_reg2rg": 1,
                               **runs_on("ct")}
@@ -175,7 +178,7 @@ def test_cached_ct_carries_the_stated_nodule(demo_run):
     assert min(large) > 2 * max(max(none), 1), dense
 
 
-def test_modifying_one_dicom_file_reruns_only_that_study(demo_run, tmp_path):
+def test_modifying_one_dicom_file_reruns_only_that_studys_shard(demo_run, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(demo_run, workdir, symlinks=True)  # copy2 keeps mtimes: still up to date
     assert plan(workdir) == {}
@@ -188,8 +191,13 @@ def test_modifying_one_dicom_file_reruns_only_that_study(demo_run, tmp_path):
     ds.save_as(slice_path)
     assert upstream(plan(workdir)) == {"ct_manifest": 1, "preprocess_ct": 1, "reg2rg_token_cache": 1,
                                        "train_reg2rg": 1, **runs_on("ct")}
+    shard = next(name for name, ids in CT_SHARDS.items() if study.study_id in ids)
+    caches = {sid: workdir / f"results/cache/ct/studies/{sid}.safetensors" for sid in sorted(STUDY_IDS)}
+    before = {sid: path.stat().st_mtime_ns for sid, path in caches.items()}
     proc = run(workdir, "--cores", "2", *DATA_TARGETS)
-    assert f"wildcards: study={study.study_id}" in proc.stderr + proc.stdout
+    assert f"rule preprocess_ct_{shard}:" in proc.stderr + proc.stdout
+    rebuilt = {sid for sid, path in caches.items() if path.stat().st_mtime_ns != before[sid]}
+    assert rebuilt == set(CT_SHARDS[shard])  # the other shards' caches were not touched
     assert plan(workdir, *DATA_TARGETS) == {}
 
 
@@ -232,7 +240,16 @@ def test_one_evaluation_target_is_up_to_date_after_a_full_run(demo_run):
 
 def test_until_preprocess_ct_stops_there(tmp_path):
     workdir = copy_workflow(tmp_path)
-    assert plan(workdir, "--until", "preprocess_ct") == {"demo_data_ct": 1, "preprocess_ct": len(PLANS)}
+    shard_rules = [f"preprocess_ct_{name}" for name in CT_SHARDS]
+    assert plan(workdir, "--until", *shard_rules) == {"demo_data_ct": 1, "preprocess_ct": len(CT_SHARDS)}
+
+
+def test_shards_hold_every_study_once_and_stay_put_when_studies_are_added():
+    """Each study is in exactly one shard; a new study moves no other (only its shard re-runs)."""
+    assert sorted(sid for ids in CT_SHARDS.values() for sid in ids) == sorted(STUDY_IDS)
+    grown = shard_members([*STUDY_IDS, "train_999_a_1"], CFG.preprocess.ct.shards)
+    for name, ids in CT_SHARDS.items():
+        assert [sid for sid in grown[name] if sid != "train_999_a_1"] == ids
 
 
 def test_reg2rg_reports_and_metrics_of_held_out_studies(demo_run):

@@ -1,4 +1,4 @@
-"""Snakemake entry point of rule reg2rg_token_cache: one study's frozen-encoder tokens."""
+"""Snakemake entry point of the reg2rg_token_cache shard rules: each study's frozen-encoder tokens."""
 
 from pathlib import Path
 
@@ -23,6 +23,7 @@ with snakemake_logging(snakemake.log[0]) as log:
     if torch.cuda.is_available():
         encoders = encoders.cuda()
     sha = module_sha256(encoders)
-    log.info("study %s, encoders %s", snakemake.wildcards.study, sha)
-    run_token_cache(encoders, sha, Path(snakemake.input.ct), Path(snakemake.output[0]),
-                    getattr(torch, cfg.cache_dtype))
+    log.info("encoders %s, %d studies", sha, len(snakemake.output))
+    for i, (ct, out) in enumerate(zip(snakemake.input.ct, snakemake.output), 1):
+        run_token_cache(encoders, sha, Path(ct), Path(out), getattr(torch, cfg.cache_dtype))
+        log.info("study %d/%d %s", i, len(snakemake.output), Path(out).stem)

@@ -212,6 +212,8 @@ class CTPreprocessConfig:
         multiple_series: a folder holding several series is an error, or the largest
             series is used (recorded as a warning).
         spacing_tolerance: relative deviation allowed between consecutive slice gaps.
+        shards: the studies are spread over this many jobs of each per-study stage
+            (preprocess_ct_<shard>, reg2rg_token_cache_<shard>; :mod:`strata.ct.shards`).
     """
 
     spacing: tuple[float, float, float]
@@ -225,6 +227,7 @@ class CTPreprocessConfig:
     on_missing_slice: Literal["error", "warn"]
     multiple_series: Literal["error", "largest"]
     spacing_tolerance: float
+    shards: int
 
 
 @dataclass(frozen=True)
