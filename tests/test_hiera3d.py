@@ -330,9 +330,10 @@ def test_reference_checkpoint_loads_every_tensor(tmp_path):
     path = tmp_path / "checkpoint-00199.pth"
     torch.save({"model": weights, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.95)}]},
                 "epoch": 199, "scaler": {}, "args": argparse.Namespace(**REFERENCE_ARGS)}, path)
-    assert config_from_reference_args(argparse.Namespace(**REFERENCE_ARGS)) == FULL
+    single = dataclasses.replace(FULL, decoding_strategy="single")
+    assert config_from_reference_args(argparse.Namespace(**REFERENCE_ARGS)) == single
     model = load_reference_checkpoint(path)
-    assert model.config == FULL
+    assert model.config == single
     ours = model.state_dict()
     mapped = 0
     for key, value in weights.items():
@@ -345,6 +346,46 @@ def test_reference_checkpoint_loads_every_tensor(tmp_path):
     with torch.no_grad():
         loss, pred, _ = model(torch.randn(2, 1, 400, 1, 72))
     assert pred.shape == (2, 50, 288) and torch.isfinite(loss)
+
+
+def test_multi_scale_checkpoint_fuses_stages_as_the_reference_conv(tmp_path):
+    """decoding_strategy multi: the reference's fusion Conv3d (kernel = stride = the unit) loads as
+    this module's linear map, and the fused decoder input equals the convolution's."""
+    weights = reference_state_dict(FULL, torch.Generator().manual_seed(0))
+    path = tmp_path / "checkpoint-multi.pth"
+    torch.save({"model": weights, "args": argparse.Namespace(**{**REFERENCE_ARGS, "decoding_strategy": "multi"})}, path)
+    model = load_reference_checkpoint(path).eval().double()  # random weights give values ~1e6: float64
+    assert model.config.decoding_strategy == "multi"
+    x = torch.randn(2, 1, 400, 1, 72, dtype=torch.float64)
+    mask = model.random_masking(2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stages, _ = model.encoder(x, model.kept_ids(mask))
+        expected = model.encoder.projections[-1](stages[-1]).flatten(1, 2)
+        for s, stage in enumerate(stages[:-1]):
+            conv = torch.nn.Conv3d(FULL.out_embed_dims[s], FULL.out_embed_dims[-1],
+                                   kernel_size=FULL.stage_unit_shape(s), stride=FULL.stage_unit_shape(s)).double()
+            conv.weight.copy_(weights[f"multi_scale_fusion_heads.{s}.weight"])
+            conv.bias.copy_(weights[f"multi_scale_fusion_heads.{s}.bias"])
+            t, h, w = FULL.stage_unit_shape(s)
+            units = model.encoder.projections[s](stage)  # (B, U, L, D), tokens of a unit in raster order
+            grid = units.reshape(-1, t, h, w, units.shape[-1]).permute(0, 4, 1, 2, 3)  # (B*U, D, t, h, w)
+            expected = expected + conv(grid).reshape(2, -1, FULL.out_embed_dims[-1])
+        torch.testing.assert_close(model.fuse_stages(stages), expected)
+
+
+@pytest.mark.parametrize("strategy", ["single", "multi"])
+def test_multi_scale_decoding_trains_every_level_projection(strategy):
+    """Only with multi-scale decoding does the loss reach the lower levels' projections
+    (the probing features of levels 0 and 1)."""
+    model = build(dataclasses.replace(SMALL, decoding_strategy=strategy))
+    loss, _, _ = model(torch.randn(2, 1, 16, 1, 24))
+    loss.backward()
+    lower = [model.encoder.projections[s].weight.grad for s in range(len(SMALL.stages) - 1)]
+    if strategy == "multi":
+        assert all(g is not None and g.abs().sum() > 0 for g in lower)
+    else:
+        assert all(g is None for g in lower)
+        assert not any(k.startswith("fusion_heads") for k in model.state_dict())
 
 
 def test_reference_checkpoint_with_wrong_shapes_is_refused(tmp_path):

@@ -19,8 +19,12 @@ Method, in the order the code runs:
    ``mask_unit_attn = (True, False, False)`` the first pooling block attends inside mask
    units and the rest of stages 1.. attend globally (:class:`MaskUnitAttention`).
 4. **Per-stage output projections** give the multi-scale embeddings used for probing
-   (:meth:`Hiera3D.forward_features`); the last one, layer-normalised, is what the decoder
-   sees.
+   (:meth:`Hiera3D.forward_features`). What the decoder sees depends on
+   ``decoding_strategy``: ``single`` takes the last stage's projection; ``multi``
+   (hBehaveMAE's multi-scale fusion) adds every earlier stage's projection, mapped onto the
+   final grid by a linear map of each mask unit's tokens (:meth:`Hiera3DMAE.fuse_stages`),
+   so the reconstruction loss trains every level's projection, not only the last. The sum
+   is layer-normalised.
 5. **Decoder** (:class:`Hiera3DDecoder`): a light transformer on the final-stage grid (one
    token per mask unit) with a learned mask token for removed units; it predicts each
    unit's *time-strided* target (every ``patch_size[0]``-th frame of the unit's input).
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +103,8 @@ class Hiera3DConfig:
         mask_ratio: fraction of mask units removed in training; at least one unit must be
             kept and one removed.
         norm_pix_loss: normalise each target patch by its own mean and variance.
+        decoding_strategy: ``single`` (decode from the last stage) or ``multi`` (decode from
+            the sum of every stage's projection, fused onto the final grid).
     """
 
     input_size: Shape3
@@ -115,6 +122,7 @@ class Hiera3DConfig:
     decoder_num_heads: int
     mask_ratio: float
     norm_pix_loss: bool
+    decoding_strategy: Literal["single", "multi"] = "single"  # "single": checkpoints written before the option
 
     def __post_init__(self) -> None:
         for name in ("input_size", "patch_size"):
@@ -537,6 +545,13 @@ class Hiera3DMAE(TrainableModel):
         super().__init__()
         self.config = config
         self.encoder = Hiera3D(config=config)
+        # multi-scale fusion: stage s's unit tokens [L_s x D_s] -> one final-grid token. A
+        # linear map of the flattened unit equals the reference's Conv3d with kernel = stride
+        # = the unit (weights flattened as (d t h w)); kept out of ``single`` models so their
+        # state dicts are unchanged.
+        self.fusion_heads = nn.ModuleList(
+            nn.Linear(d * math.prod(config.stage_unit_shape(s)), config.out_embed_dims[-1])
+            for s, d in enumerate(config.out_embed_dims[:-1])) if config.decoding_strategy == "multi" else None
         self.decoder = Hiera3DDecoder(config=config)
         self.initialize_weights()
 
@@ -589,8 +604,18 @@ class Hiera3DMAE(TrainableModel):
         """
         ids_keep = self.kept_ids(mask)
         stages, _ = self.encoder(x, ids_keep, return_attention=explicit_attention)
-        last = rearrange(stages[-1], "b u l d -> b (u l) d")  # final stage: one token per unit (l = 1)
-        return self.encoder.norm(self.encoder.projections[-1](last)), ids_keep
+        return self.encoder.norm(self.fuse_stages(stages)), ids_keep
+
+    def fuse_stages(self, stages: list[Tensor]) -> Tensor:
+        """Stage outputs [B, U_keep, L_s, D_s] -> the decoder's input [B, U_keep, D_out]
+        (before the norm): the last stage's projection, plus with ``multi`` decoding every
+        earlier stage's projection with each unit's L_s tokens mapped to one token."""
+        projections = self.encoder.projections
+        fused = rearrange(projections[-1](stages[-1]), "b u l d -> b (u l) d")  # final stage: l = 1
+        if self.fusion_heads is not None:
+            for head, proj, stage in zip(self.fusion_heads, projections, stages):
+                fused = fused + head(rearrange(proj(stage), "b u l d -> b u (d l)"))
+        return fused
 
     def forward_decoder(self, latent: Tensor, ids_keep: Tensor, explicit_attention: bool = False) -> Tensor:
         """-> predictions [B, U, pred_dim] for every unit."""

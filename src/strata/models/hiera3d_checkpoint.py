@@ -35,15 +35,15 @@ reference key                                strata key
 ``decoder_blocks.{i}.*``                     ``decoder.blocks.{i}.*`` (same sub-keys)
 ``decoder_norm.*``                           ``decoder.norm.*``
 ``decoder_pred.*``                           ``decoder.pred.*`` [288,128]
-``multi_scale_fusion_heads.*``               dropped (see below)
+``multi_scale_fusion_heads.{s}.*``           ``fusion_heads.{s}.*`` (``multi`` only; see below)
 ===========================================  ===========================================
 
-The reference builds ``multi_scale_fusion_heads`` (Conv3d per pooled stage) even with
-``decoding_strategy=single``, where they never enter the forward pass; this module
-decodes from the last stage only, so they are dropped. A checkpoint trained with
-``decoding_strategy=multi`` fed fused multi-scale features to its decoder: its encoder
-(all probing features) loads exactly, but its decoder saw different inputs, which is
-logged as a warning. Checkpoints with a single joint ``pos_embed`` (``sep_pos_embed``
+The reference builds ``multi_scale_fusion_heads`` (Conv3d per pooled stage, kernel =
+stride = the stage's mask unit) even with ``decoding_strategy=single``, where they never
+enter the forward pass, so they are dropped then. With ``decoding_strategy=multi`` they
+become this module's ``fusion_heads``: a Conv3d whose kernel covers the whole unit is a
+linear map of the unit's flattened tokens, so its weight ``[O, D, t, h, w]`` is reshaped
+to ``[O, D*t*h*w]``. Checkpoints with a single joint ``pos_embed`` (``sep_pos_embed``
 off) or the non-hierarchical variant do not match this architecture and are refused.
 
 Token order differs inside the network (the reference "unrolls" tokens so pooling is a
@@ -56,7 +56,6 @@ is (t, h, w) for one channel, as in the reference.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,6 @@ from torch import Tensor
 
 from strata.models.hiera3d import Hiera3DConfig, Hiera3DMAE
 
-log = logging.getLogger(__name__)
 
 # (reference pattern, strata replacement), applied to the first matching pattern.
 KEY_MAP: tuple[tuple[str, str], ...] = (
@@ -82,7 +80,7 @@ KEY_MAP: tuple[tuple[str, str], ...] = (
     (r"^decoder_norm\.", "decoder.norm."),
     (r"^decoder_pred\.", "decoder.pred."),
 )
-DROPPED = re.compile(r"^multi_scale_fusion_heads\.")
+FUSION = re.compile(r"^multi_scale_fusion_heads\.(\d+)\.(weight|bias)$")
 
 
 class CheckpointError(ValueError):
@@ -122,17 +120,23 @@ def config_from_reference_args(args: argparse.Namespace) -> Hiera3DConfig:
             q_strides=tuple(tuple(s) for s in a["q_strides"]), mask_unit_attn=tuple(a["mask_unit_attn"]),
             mlp_ratio=4.0, out_embed_dims=tuple(a["out_embed_dims"]), decoder_embed_dim=a["decoder_embed_dim"],
             decoder_depth=a["decoder_depth"], decoder_num_heads=a["decoder_num_heads"],
-            mask_ratio=a["mask_ratio"], norm_pix_loss=a["norm_loss"])
+            mask_ratio=a["mask_ratio"], norm_pix_loss=a["norm_loss"],
+            decoding_strategy=a.get("decoding_strategy", "multi"))  # the reference model's default
     except KeyError as err:
         raise CheckpointError(f"checkpoint args lack {err}; pass the architecture explicitly") from err
 
 
-def convert_reference_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename reference keys to this module's keys (see the table above); unknown keys raise."""
+def convert_reference_state_dict(state_dict: dict[str, Tensor], fuse: bool = False) -> dict[str, Tensor]:
+    """Rename reference keys to this module's keys (see the table above); unknown keys raise.
+    ``fuse``: the model decodes multi-scale (keep the fusion heads as linear maps)."""
     out: dict[str, Tensor] = {}
     unknown = []
     for key, value in state_dict.items():
-        if DROPPED.match(key):
+        fusion = FUSION.match(key)
+        if fusion:
+            if fuse:
+                stage, kind = fusion.groups()
+                out[f"fusion_heads.{stage}.{kind}"] = value.reshape(value.shape[0], -1) if kind == "weight" else value
             continue
         for pattern, replacement in KEY_MAP:
             if re.match(pattern, key):
@@ -157,10 +161,7 @@ def load_reference_checkpoint(path: str | Path, config: Hiera3DConfig | None = N
         if not isinstance(args, argparse.Namespace):
             raise CheckpointError(f"{path}: no 'args' recorded; pass the architecture config")
         config = config_from_reference_args(args)
-    if isinstance(args, argparse.Namespace) and getattr(args, "decoding_strategy", "single") == "multi":
-        log.warning("%s was trained with decoding_strategy=multi: the encoder loads exactly, but its decoder was "
-                    "trained on fused multi-scale features, which this module does not compute", path)
-    weights = convert_reference_state_dict(checkpoint["model"])
+    weights = convert_reference_state_dict(checkpoint["model"], fuse=config.decoding_strategy == "multi")
     model = Hiera3DMAE(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
