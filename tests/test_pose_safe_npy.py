@@ -136,3 +136,52 @@ def test_not_an_npy_file(tmp_path: Path) -> None:
     path.write_bytes(b"not numpy at all")
     with pytest.raises(UnsafeNpyError, match=r"junk\.npy"):
         load_npy_safely(path)
+
+
+def _object_npy(path: Path, obj: object) -> Path:
+    holder = np.empty((), dtype=object)
+    holder[()] = obj
+    return _save_pickled(path, holder)
+
+
+def test_shared_references_are_checked_once_and_the_nesting_bomb_is_refused_by_name(tmp_path):
+    """``x = [x, x]`` repeated: 2^n leaves as a tree, n + 1 lists as a graph (a ~500-byte file)."""
+    import time
+
+    x: list = []
+    for _ in range(30):
+        x = [x, x]
+    loaded = load_npy_safely(_object_npy(tmp_path / "dag.npy", x))  # 2^30 as a tree; each list walked once
+    assert loaded[0] is loaded[1]
+    for _ in range(10):
+        x = [x, x]
+    path = _object_npy(tmp_path / "bomb.npy", x)
+    assert path.stat().st_size < 1000
+    start = time.monotonic()
+    with pytest.raises(UnsafeNpyError, match=r"bomb\.npy: pickled data nested deeper than 32 levels"):
+        load_npy_safely(path)
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_self_containing_list_is_refused_by_name(tmp_path):
+    cycle: list = []
+    cycle.append(cycle)
+    with pytest.raises(UnsafeNpyError, match=r"cycle\.npy: the pickled data contains itself at <root>\['sequences'\]\[0\]"):
+        load_npy_safely(_object_npy(tmp_path / "cycle.npy", {"sequences": cycle}))
+
+
+def test_a_header_declaring_more_data_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    from numpy.lib import format as npy_format
+
+    path = tmp_path / "forged.npy"
+    with open(path, "wb") as fh:
+        npy_format.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+        fh.write(np.zeros(2).tobytes())
+    with pytest.raises(UnsafeNpyError, match=r"forged\.npy: header declares shape \(1000000000000,\) of float64 "
+                                             r"\(8,000,000,000,000 bytes\) but the file holds 16 bytes"):
+        load_npy_safely(path)
+    truncated = tmp_path / "truncated.npy"
+    np.save(truncated, np.arange(100.0))
+    truncated.write_bytes(truncated.read_bytes()[:-8])
+    with pytest.raises(UnsafeNpyError, match=r"truncated\.npy: header declares shape \(100,\)"):
+        load_npy_safely(truncated)

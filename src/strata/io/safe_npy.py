@@ -63,28 +63,72 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafeNpyError(f"{self._source}: refused persistent id {pid!r} in pickle")
 
 
-def _check_plain(obj: Any, source: Path) -> None:
-    """Raise unless ``obj`` is built from dict/list/tuple/str/numbers/None/numpy data."""
-    stack: list[tuple[Any, str]] = [(obj, "<root>")]
+# Bounds on an unpickled structure: a MABe22 file holds a few thousand containers nested
+# less than 5 deep.
+MAX_OBJECTS = 10_000_000
+MAX_DEPTH = 32
+
+
+def _check_plain(obj: Any, source: Path, max_objects: int = MAX_OBJECTS, max_depth: int = MAX_DEPTH) -> None:
+    """Raise unless ``obj`` is built from dict/list/tuple/str/numbers/None/numpy data.
+
+    Pickles share references, so a 458-byte file can describe a 40-level DAG (``x = [x, x]``)
+    whose tree walk takes 2^40 steps, or a list that contains itself. The walk therefore
+    visits each container once (by identity), refuses a container found inside itself,
+    and bounds the nesting depth and the number of objects.
+    """
+    done: set[int] = set()  # containers fully checked
+    on_path: set[int] = set()  # containers whose walk is in progress (a cycle returns to one)
+    count = 0
+    # (item, where, depth, leaving): a container is pushed once to enter and once to leave
+    stack: list[tuple[Any, str, int, bool]] = [(obj, "<root>", 0, False)]
     while stack:
-        item, where = stack.pop()
+        item, where, depth, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(item))
+            done.add(id(item))
+            continue
+        count += 1
+        if count > max_objects:
+            raise UnsafeNpyError(f"{source}: more than {max_objects:,} objects in the pickled data")
         if isinstance(item, np.ndarray):
             if item.dtype.hasobject:
                 raise UnsafeNpyError(f"{source}: object array at {where} is not allowed")
         elif isinstance(item, np.generic):
             if item.dtype.hasobject:
                 raise UnsafeNpyError(f"{source}: object scalar at {where} is not allowed")
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                stack.append((key, f"{where} key {key!r}"))
-                stack.append((value, f"{where}[{key!r}]"))
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, (dict, list, tuple)):
+            if id(item) in on_path:
+                raise UnsafeNpyError(f"{source}: the pickled data contains itself at {where} (a cycle)")
+            if id(item) in done:
+                continue
+            if depth >= max_depth:
+                raise UnsafeNpyError(f"{source}: pickled data nested deeper than {max_depth} levels at {where}")
+            on_path.add(id(item))
+            stack.append((item, where, depth, True))
+            if isinstance(item, dict):
+                for key, value in item.items():
+                    stack.append((key, f"{where} key {key!r}", depth + 1, False))
+                    stack.append((value, f"{where}[{key!r}]", depth + 1, False))
+            else:
+                stack.extend((v, f"{where}[{i}]", depth + 1, False) for i, v in enumerate(item))
         elif not isinstance(item, _PLAIN_SCALARS):
             raise UnsafeNpyError(
                 f"{source}: value of type {type(item).__module__}.{type(item).__qualname__} "
                 f"at {where} is not plain data"
             )
+
+
+def _check_size(path: Path, fh: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a numeric header that declares more bytes than the file holds, before numpy
+    allocates them (a 100-byte header can ask for terabytes)."""
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
+    available = path.stat().st_size - fh.tell()
+    if declared != available:
+        raise UnsafeNpyError(
+            f"{path}: header declares shape {shape} of {dtype} ({declared:,} bytes) but the file holds "
+            f"{available:,} bytes of data (truncated or forged header)"
+        )
 
 
 def load_npy_safely(path: str | Path) -> Any:
@@ -113,6 +157,7 @@ def load_npy_safely(path: str | Path) -> Any:
             else:
                 raise UnsafeNpyError(f"{path}: unsupported .npy format version {version}")
             if not dtype.hasobject:
+                _check_size(path, fh, shape, dtype)
                 return np.load(path, allow_pickle=False)
             try:
                 loaded = _RestrictedUnpickler(fh, path).load()
@@ -131,5 +176,6 @@ def load_npy_safely(path: str | Path) -> Any:
             f"{shape}, got {type(loaded).__name__})"
         )
     items = loaded.ravel(order="F" if fortran else "C").tolist()
-    _check_plain(items, path)
-    return items[0] if loaded.ndim == 0 else loaded
+    content = items[0] if loaded.ndim == 0 else items
+    _check_plain(content, path)
+    return content if loaded.ndim == 0 else loaded
