@@ -22,6 +22,12 @@ if not workflow.overwrite_configfiles:
     configfile: DEFAULT_CONFIG
 
 
+# Snakemake has parsed the --configfile(s) already; read them again to refuse what its
+# parser accepts silently (a key given twice: the last one would win).
+for _given in workflow.overwrite_configfiles:
+    read_yaml(_given)
+
+
 # the project's validator names the first bad key in one line; Snakemake's own check
 # (which would dump the schema and the config) then only confirms it
 CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles)) or str(DEFAULT_CONFIG)

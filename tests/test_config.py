@@ -119,6 +119,25 @@ def test_unreadable_config_names_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+DUPLICATED = "seed: 1\ndata:\n  demo: true\nseed: 2\n"
+
+
+def test_a_key_given_twice_is_an_error_naming_the_file_and_key(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(DUPLICATED)
+    with pytest.raises(ConfigError, match=r"twice\.yaml: cannot read config file: duplicate key 'seed' on line 4 "
+                                          r"\(first on line 1\)"):
+        load_config(path)
+
+
+def test_snakemake_refuses_a_configfile_with_a_key_given_twice(workflow):
+    path = workflow / "twice.yaml"
+    path.write_text(yaml.safe_dump(changed()) + "seed: 7\n")
+    proc = run_snakemake(workflow, "-n", "--cores", "1", "--configfile", str(path), check=False)
+    assert proc.returncode != 0
+    assert "twice.yaml: cannot read config file: duplicate key 'seed'" in proc.stdout + proc.stderr
+
+
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory) -> Path:
     return copy_workflow(tmp_path_factory.mktemp("workflow"))
@@ -128,6 +147,9 @@ def workflow(tmp_path_factory) -> Path:
     (changed(preprocess__pose__windw=64), "override.yaml: key preprocess.pose.windw: unknown key"),
     (changed(preprocess__pose__window="abc"), "override.yaml: key preprocess.pose.window: 'abc' is not of type"),
     (changed(data__demo=False, data__ct__nifti_root="does/not/exist"), "key data.ct.nifti_root: data path"),
+    (changed(preprocess__ct__hu_window=[200, -1000]),
+     "config.preprocess.ct: hu_window [200, -1000]: the lower bound must be below the upper one"),
+    (changed(preprocess__ct__out_range=[0, 0]), "config.preprocess.ct: out_range [0, 0] maps every voxel to one value"),
 ])
 def test_snakemake_stops_before_any_job_naming_the_key(workflow, config, needle):
     path = workflow / "override.yaml"

@@ -52,7 +52,12 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
                 raise ConfigError(f"{where}: missing key {name!r}")
             continue
         values[name] = _convert(hints[name], data[name], f"{where}.{name}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a cross-field check in __post_init__
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -229,6 +234,13 @@ class CTPreprocessConfig:
     spacing_tolerance: float
     shards: int
 
+    def __post_init__(self) -> None:
+        low, high = self.hu_window
+        if not low < high:
+            raise ValueError(f"hu_window [{low:g}, {high:g}]: the lower bound must be below the upper one")
+        if self.out_range[0] == self.out_range[1]:
+            raise ValueError(f"out_range [{self.out_range[0]:g}, {self.out_range[1]:g}] maps every voxel to one value")
+
 
 @dataclass(frozen=True)
 class PosePreprocessConfig:
@@ -290,11 +302,28 @@ class StrataConfig:
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)  # what training jobs show
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps
+    the last silently, so a pasted-over setting would win unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line {seen[key]})", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse a config file; an unreadable or malformed file is an error naming it."""
+    """Parse a config file; an unreadable or malformed file, or a key given twice, is an
+    error naming the file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read config file: {err}") from err
     if not isinstance(raw, dict):
