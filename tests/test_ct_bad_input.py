@@ -3,6 +3,8 @@ leaves no cache file, manifest row or temporary file behind."""
 
 from __future__ import annotations
 
+import re
+
 import gzip
 
 import nibabel as nib
@@ -156,6 +158,19 @@ def test_report_naming_an_unknown_region(tmp_path):
     with pytest.raises(CTInputError, match=r"line 4 names unknown region 'liver'") as info:
         read_reports(path, ["s1"])
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("", "the report table is empty"),
+    ("Volumename,Anatomy,Sentence\n", "the report table has a header but no rows"),
+    ("Volumename,Anatomy,Sentence\nother.nii.gz,,Whole report.\n",
+     r"no row names a study of the dataset \(its Volumename values, e\.g\. other\.nii\.gz, match none of the 1 studies"),
+])
+def test_report_table_without_a_usable_row(tmp_path, content, problem):
+    path = tmp_path / "reports.csv"
+    path.write_text(content)
+    with pytest.raises(CTInputError, match=f"{re.escape(str(path))}: {problem}"):
+        read_reports(path, ["s1"])
 
 
 def test_single_slice_series_is_not_a_volume(tmp_path):

@@ -22,6 +22,9 @@ def read_reports(path: Path, study_ids: list[str]) -> pd.DataFrame:
     """Read and check the report CSV; returns columns ``study_id, region, sentence``."""
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise CTInputError(f"{path}: the report table is empty (expected a header "
+                           f"{','.join(REQUIRED_COLUMNS)} and one row per study and region)") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise CTInputError(f"{path}: cannot read report table ({err})") from err
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
@@ -38,7 +41,13 @@ def read_reports(path: Path, study_ids: list[str]) -> pd.DataFrame:
         "region": anatomy,
         "sentence": raw["Sentence"].str.strip(),
     })
+    if table.empty:
+        raise CTInputError(f"{path}: the report table has a header but no rows")
     table = table[table["study_id"].isin(study_ids)]
+    if table.empty:
+        examples = ", ".join(sorted(raw["Volumename"].unique())[:3])
+        raise CTInputError(f"{path}: no row names a study of the dataset (its Volumename values, e.g. {examples}, "
+                           f"match none of the {len(study_ids)} studies, e.g. {', '.join(sorted(study_ids)[:3])})")
     dup = table.duplicated(["study_id", "region"])
     if dup.any():
         first = table[dup].iloc[0]
