@@ -3,9 +3,8 @@ leaves no cache file, manifest row or temporary file behind."""
 
 from __future__ import annotations
 
-import re
-
 import gzip
+import re
 
 import nibabel as nib
 import numpy as np
