@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,6 +105,42 @@ def test_sequence_shorter_than_window(tmp_path: Path) -> None:
     with pytest.raises(PoseFormatError, match=r"sequence 'tiny'.*63 frames.*64") as err:
         preprocess_pose(PRE, src, *_outputs(out))
     assert str(src) in str(err.value)
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(("value", "shown"), [(1e30, "1e+30"), (np.inf, "inf"), (-np.inf, "-inf"), (-2000.0, "-2000")])
+def test_implausible_coordinates_name_the_frame_agent_and_keypoint(tmp_path: Path, value: float, shown: str) -> None:
+    rng = np.random.default_rng(3)
+    kp = _good_sequence(rng)
+    kp[7, 1, 4, 1] = value
+    src = _write_npy(tmp_path / "far.npy", {"a": _good_sequence(rng), "b": kp})
+    out = tmp_path / "results"
+    with pytest.raises(PoseFormatError, match=rf"far\.npy, sequence 'b': frame 7, agent 1, keypoint '{KEYPOINTS[4]}' has "
+                                              rf"y = {re.escape(shown)} px; coordinates must be finite and within "
+                                              r"\[-850, 1700\]"):
+        preprocess_pose(PRE, src, *_outputs(out))
+    _assert_nothing_written(out)
+
+
+def test_complex_coordinates_are_refused(tmp_path: Path) -> None:
+    kp = _good_sequence(np.random.default_rng(4)).astype(np.complex64)
+    src = _write_npy(tmp_path / "complex.npy", {"a": kp})
+    out = tmp_path / "results"
+    with pytest.raises(PoseFormatError, match=r"complex\.npy, sequence 'a': 'keypoints' must be a real numeric array, "
+                                              r"got complex64"):
+        preprocess_pose(PRE, src, *_outputs(out))
+    _assert_nothing_written(out)
+
+
+def test_a_forged_frame_number_in_the_long_format_is_refused_before_allocating(tmp_path: Path) -> None:
+    rows = [{"sequence": "s", "frame": f, "agent": 0, "keypoint": KEYPOINTS[0], "x": 1.0, "y": 2.0}
+            for f in (0, 1, 10**9)]
+    src = tmp_path / "forged.csv"
+    pd.DataFrame(rows).to_csv(src, index=False)
+    out = tmp_path / "results"
+    with pytest.raises(PoseFormatError, match=r"forged\.csv, sequence 's': frames run to 1000000000 but only 3 "
+                                              r"distinct frames have rows"):
+        preprocess_pose(PRE, src, *_outputs(out))
     _assert_nothing_written(out)
 
 

@@ -20,6 +20,9 @@ from strata.pose.sequence import PoseSequence
 
 LONG_COLUMNS: tuple[str, ...] = ("sequence", "frame", "agent", "keypoint", "x", "y", "behaviour")
 _REQUIRED = LONG_COLUMNS[:-1]
+# A sequence's frames 0..max must be at least this sparse (rows of 1 frame in N), so memory
+# stays proportional to the table, not to the largest frame number in it.
+MAX_FRAME_SPAN = 4
 
 
 def to_long_frame(sequences: Mapping[str, PoseSequence]) -> pd.DataFrame:
@@ -92,6 +95,12 @@ def from_long_frame(frame: pd.DataFrame, source: str) -> dict[str, PoseSequence]
     out: dict[str, PoseSequence] = {}
     for name, rows in pd.Series(names).groupby(names, sort=True).indices.items():
         t = int(frames[rows].max()) + 1
+        present = len(np.unique(frames[rows]))
+        if t > MAX_FRAME_SPAN * present:  # a forged frame number would allocate T x agents x keypoints
+            raise PoseFormatError(
+                f"{source}, sequence {name!r}: frames run to {t - 1} but only {present} distinct frames have "
+                f"rows; at least 1 in {MAX_FRAME_SPAN} frames of a sequence must have a row"
+            )
         flat = (frames[rows] * n_agents + agent_codes[rows]) * N_KEYPOINTS + kp_idx[rows]
         if len(np.unique(flat)) != len(flat):
             raise PoseFormatError(

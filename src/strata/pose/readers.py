@@ -73,8 +73,9 @@ def _from_mabe_dict(data: Any, source: str, label_task: str) -> dict[str, PoseSe
         if not isinstance(entry, dict) or "keypoints" not in entry:
             raise PoseFormatError(f"{where}: expected a dict with 'keypoints'")
         kp = entry["keypoints"]
-        if not isinstance(kp, np.ndarray) or not np.issubdtype(kp.dtype, np.number):
-            raise PoseFormatError(f"{where}: 'keypoints' must be a numeric array")
+        if not isinstance(kp, np.ndarray) or not np.issubdtype(kp.dtype, np.number) or np.iscomplexobj(kp):
+            raise PoseFormatError(f"{where}: 'keypoints' must be a real numeric array, got "
+                                  f"{kp.dtype if isinstance(kp, np.ndarray) else type(kp).__name__}")
         if kp.ndim != 4 or kp.shape[2:] != (N_KEYPOINTS, 2) or kp.shape[0] < 1 or kp.shape[1] < 1:
             raise PoseFormatError(
                 f"{where}: 'keypoints' has shape {list(kp.shape)}; "

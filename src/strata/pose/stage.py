@@ -121,6 +121,27 @@ def _check_config(cfg: PosePreprocessConfig) -> None:
         raise ConfigError("preprocess.pose: " + "; ".join(problems))
 
 
+# Keypoints may lie off the arena by this many arena widths (tracking errors near the walls)
+# before a coordinate is taken for corrupt data rather than a position.
+ARENA_MARGIN = 1.0
+
+
+def check_coordinates(keypoints: np.ndarray, arena_px: float, where: str) -> None:
+    """Refuse infinite coordinates and positions far outside the arena (NaN = missing is fine):
+    a single 1e30 px keypoint would otherwise reach the training cache as ~1e27."""
+    low, high = -ARENA_MARGIN * arena_px, (1 + ARENA_MARGIN) * arena_px
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(keypoints) | (keypoints < low) | (keypoints > high)
+    if bad.any():
+        frame, agent, keypoint, axis = (int(i) for i in np.argwhere(bad)[0])
+        raise PoseFormatError(
+            f"{where}: frame {frame}, agent {agent}, keypoint {KEYPOINTS[keypoint]!r} has "
+            f"{'xy'[axis]} = {keypoints[frame, agent, keypoint, axis]:g} px; coordinates must be finite and "
+            f"within [{low:g}, {high:g}] (the {arena_px:g} px arena plus {ARENA_MARGIN:g} arena width each "
+            f"side; preprocess.pose.arena_px sets the arena), or NaN where missing ({int(bad.sum())} such values)"
+        )
+
+
 def _plan(
     sequences: dict[str, PoseSequence], cfg: PosePreprocessConfig, source: Path
 ) -> list[_SequencePlan]:
@@ -141,6 +162,7 @@ def _plan(
             raise PoseFormatError(
                 f"{where}: {seq.n_frames} frames, shorter than one window of {cfg.window}"
             )
+        check_coordinates(seq.keypoints, cfg.arena_px, where)
         observed = observed_mask(seq.keypoints)
         check_agents_observed(observed, where)
         starts = window_starts(seq.n_frames, cfg.window, cfg.stride)
