@@ -334,7 +334,7 @@ def ours_stages(study: BenchStudy, cfg: CTPreprocessConfig) -> list[tuple[str, f
     laps = Laps()
     volume = load_volume("dicom", study.files, cfg)
     laps.lap("check headers + load + RAS image")
-    mask_stack, present = load_masks(study.masks, volume.image)
+    mask_stack, present, _ = load_masks(study.masks, volume.image)
     laps.lap("load + RAS masks (uint8 stack)")
     hu = resample_to_spacing(volume.image, cfg.spacing, "bilinear")
     laps.lap("spacing image (separable)")

@@ -178,3 +178,68 @@ def test_single_slice_series_is_not_a_volume(tmp_path):
     study = SmallStudy("dicom", files, {}, np.zeros(1), tmp_path / "out" / "studies" / "x.safetensors",
                        tmp_path / "out" / "rows" / "x.parquet")
     assert_fails_cleanly(study, "single slice")
+
+
+def test_dicom_without_rescale_is_an_error_or_identity_with_a_recorded_warning(dicom_study):
+    for path in dicom_study.files:
+        edit_slice(path, RescaleSlope=None, RescaleIntercept=None)
+    err = assert_fails_cleanly(dicom_study, r"no RescaleSlope/RescaleIntercept \(12 of 12 slices")
+    assert str(dicom_study.files[0].parent) in str(err) and "on_missing_rescale: identity" in str(err)
+    run(dicom_study, on_missing_rescale="identity")
+    warnings = pd.read_parquet(dicom_study.row_file).loc[0, "warnings"]
+    assert any("12 of 12 slices without RescaleSlope/RescaleIntercept" in w for w in warnings)
+
+
+def test_dicom_slices_with_different_pixel_spacing_are_refused(dicom_study):
+    bad = dicom_study.files[7]
+    edit_slice(bad, PixelSpacing=[SMALL_SPACING[0] * 2, SMALL_SPACING[1] * 2])
+    err = assert_fails_cleanly(dicom_study, r"PixelSpacing \[26\.0, 26\.0\] differs from \[13\.0, 13\.0\]")
+    assert str(bad) in str(err)
+
+
+@pytest.mark.parametrize(("spacing", "problem"), [
+    ((400.0, 13.0, 24.0), r"voxel size \[400\.0, 13\.0, 24\.0\] mm exceeds max_voxel_mm 30"),
+    ((13.0, 13.0, 0.0), r"the voxel-to-world affine is singular"),
+])
+def test_implausible_nifti_geometry_is_refused_before_resampling(nifti_study, spacing, problem):
+    path = nifti_study.files[0]
+    data = np.asarray(nib.load(path).dataobj).astype(np.float32)
+    raw = bytearray(nib.Nifti1Image(data, lps_affine(data.shape, SMALL_SPACING)).to_bytes())
+    # nibabel refuses to write a singular affine: patch the NIfTI-1 header fields instead
+    raw[252:256] = np.array([0, 1], dtype="<i2").tobytes()  # qform_code 0, sform_code 1: the sform rules
+    raw[80:92] = np.asarray(spacing, dtype="<f4").tobytes()  # pixdim[1:4] (MONAI trusts them over the sform)
+    raw[280:328] = lps_affine(data.shape, spacing)[:3].astype("<f4").tobytes()  # srow_x, srow_y, srow_z
+    path.write_bytes(gzip.compress(bytes(raw)))
+    err = assert_fails_cleanly(nifti_study, problem)
+    assert str(path) in str(err)
+
+
+def test_field_of_view_limit(nifti_study):
+    err = assert_fails_cleanly(nifti_study, r"field of view \[312\.0, 312\.0, 288\.0\] mm exceeds max_extent_mm 300",
+                               max_extent_mm=300.0)
+    assert str(nifti_study.files[0]) in str(err)
+
+
+@pytest.mark.parametrize(("values", "problem"), [
+    (lambda m: m.astype(np.float32) * 0.4, r"mask values must be 0 and one integer label, found non-zero values 0\.4"),
+    (lambda m: m.astype(np.uint8) * (1 + np.arange(m.shape[0])[:, None, None] % 3).astype(np.uint8),
+     r"found non-zero values 1, 2, 3 \(a probability map or a multi-label mask\?\)"),
+    (lambda m: np.where(m, np.nan, 0).astype(np.float32), r"mask holds \d+ NaN/inf values"),
+    (lambda m: np.stack([m, m], axis=-1).astype(np.uint8), r"expected one 3-D mask, got 2 volumes of shape \(24, 24, 12\)"),
+])
+def test_a_mask_that_is_not_one_binary_volume_is_refused(nifti_study, values, problem):
+    bad = nifti_study.masks["heart"]
+    mask = np.asarray(nib.load(bad).dataobj) > 0
+    array = values(mask)
+    write_nifti(array, lps_affine((24, 24, 12), SMALL_SPACING), bad, array.dtype.type)
+    err = assert_fails_cleanly(nifti_study, problem)
+    assert str(bad) in str(err)
+
+
+def test_an_empty_region_mask_is_recorded(nifti_study):
+    empty = nifti_study.masks["heart"]
+    write_nifti(np.zeros((24, 24, 12), dtype=np.uint8), lps_affine((24, 24, 12), SMALL_SPACING), empty, np.uint8)
+    run(nifti_study)
+    row = pd.read_parquet(nifti_study.row_file).loc[0]
+    assert "heart" in list(row["regions_present"])
+    assert f"region heart: mask {empty.name} is empty" in list(row["warnings"])

@@ -217,6 +217,11 @@ class CTPreprocessConfig:
         multiple_series: a folder holding several series is an error, or the largest
             series is used (recorded as a warning).
         spacing_tolerance: relative deviation allowed between consecutive slice gaps.
+        on_missing_rescale: a DICOM slice without RescaleSlope/RescaleIntercept is an error,
+            or its stored values are taken as HU (``identity``; recorded as a warning).
+        max_voxel_mm: a source voxel larger than this on any axis is refused (a corrupt
+            header would otherwise make resampling allocate terabytes).
+        max_extent_mm: a source field of view larger than this on any axis is refused.
         shards: the studies are spread over this many jobs of each per-study stage
             (preprocess_ct_<shard>, reg2rg_token_cache_<shard>; :mod:`strata.ct.shards`).
     """
@@ -232,6 +237,9 @@ class CTPreprocessConfig:
     on_missing_slice: Literal["error", "warn"]
     multiple_series: Literal["error", "largest"]
     spacing_tolerance: float
+    on_missing_rescale: Literal["error", "identity"]
+    max_voxel_mm: float
+    max_extent_mm: float
     shards: int
 
     def __post_init__(self) -> None:

@@ -34,6 +34,8 @@ class SliceHeader:
     position: np.ndarray  # ImagePositionPatient, mm (LPS)
     orientation: np.ndarray  # ImageOrientationPatient (6 direction cosines)
     instance: int
+    pixel_spacing: tuple[float, float]  # PixelSpacing (row, column), mm
+    rescaled: bool  # RescaleSlope and RescaleIntercept present
 
 
 @dataclass
@@ -78,11 +80,14 @@ def _read_header(path: Path) -> SliceHeader:
             raise CTInputError(f"{path}: pixel data is truncated ({max(remaining - ELEMENT_HEADER_BYTES, 0)} "
                                f"of {expected} bytes)")
     return SliceHeader(path, str(ds.SeriesInstanceUID), np.asarray(ds.ImagePositionPatient, dtype=np.float64),
-                       np.asarray(ds.ImageOrientationPatient, dtype=np.float64), int(ds.get("InstanceNumber", 0)))
+                       np.asarray(ds.ImageOrientationPatient, dtype=np.float64), int(ds.get("InstanceNumber", 0)),
+                       (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+                       "RescaleSlope" in ds and "RescaleIntercept" in ds)
 
 
 def check_series(files: list[Path], multiple_series: Literal["error", "largest"],
-                 on_missing_slice: Literal["error", "warn"], spacing_tolerance: float) -> SeriesCheck:
+                 on_missing_slice: Literal["error", "warn"], spacing_tolerance: float,
+                 on_missing_rescale: Literal["error", "identity"] = "error") -> SeriesCheck:
     """Validate the slices of one series folder and return them sorted along the normal."""
     if not files:
         raise CTInputError("empty DICOM series: no files given")
@@ -105,6 +110,18 @@ def check_series(files: list[Path], multiple_series: Literal["error", "largest"]
     for s in slices:
         if not np.allclose(s.orientation, orientation, atol=1e-4):
             raise CTInputError(f"{s.path}: ImageOrientationPatient differs from the rest of series {uid}")
+        if not np.allclose(s.pixel_spacing, slices[0].pixel_spacing, rtol=1e-4):
+            raise CTInputError(f"{s.path}: PixelSpacing {list(s.pixel_spacing)} differs from "
+                               f"{list(slices[0].pixel_spacing)} of {slices[0].path.name} in series {uid} "
+                               "(the slices would be stacked at one spacing)")
+    unscaled = [s.path for s in slices if not s.rescaled]
+    if unscaled:
+        if on_missing_rescale == "error":
+            raise CTInputError(f"{unscaled[0]}: no RescaleSlope/RescaleIntercept ({len(unscaled)} of {len(slices)} "
+                               f"slices of series {uid}), so its stored values are not known to be HU; set "
+                               "preprocess.ct.on_missing_rescale: identity to take them as HU")
+        warnings.append(f"{len(unscaled)} of {len(slices)} slices without RescaleSlope/RescaleIntercept: "
+                        "stored values taken as HU (on_missing_rescale: identity)")
     normal = np.cross(orientation[:3], orientation[3:])
     distance = np.array([s.position @ normal for s in slices])
     order = np.argsort(distance, kind="stable")

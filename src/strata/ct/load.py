@@ -50,7 +50,8 @@ def load_volume(kind: Literal["nifti", "dicom"], files: list[Path], cfg: CTPrepr
     notes: list[str] = []
     series = None
     if kind == "dicom":
-        series = check_series(files, cfg.multiple_series, cfg.on_missing_slice, cfg.spacing_tolerance)
+        series = check_series(files, cfg.multiple_series, cfg.on_missing_slice, cfg.spacing_tolerance,
+                              cfg.on_missing_rescale)
         notes.extend(series.warnings)
         folder = series.files[0].parent
         # MONAI reads a folder as one series; restrict it to the checked slices.
@@ -74,11 +75,29 @@ def load_volume(kind: Literal["nifti", "dicom"], files: list[Path], cfg: CTPrepr
         raise CTInputError(f"{source}: volume contains {bad} NaN/inf voxels")
     spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
     shape = tuple(int(s) for s in image.shape[1:])
+    check_geometry(source, np.asarray(image.affine, dtype=np.float64), shape, cfg)
     if series is not None and series.has_gaps:
         image = fill_missing_slices(image, series.positions, series.slice_spacing)
         spacing = (*spacing[:2], series.slice_spacing)
     oriented = RAS(image)
     return LoadedVolume(oriented, spacing, shape, shape[2], read_files, notes)
+
+
+def check_geometry(source: str, affine: np.ndarray, shape: tuple[int, ...], cfg: CTPreprocessConfig) -> None:
+    """Refuse a singular affine, and voxels or a field of view beyond the configured limits,
+    before anything is resampled (400 mm voxels would make resampling allocate ~1 TB)."""
+    linear = affine[:3, :3]
+    if not np.all(np.isfinite(linear)) or abs(np.linalg.det(linear)) < 1e-6:
+        raise CTInputError(f"{source}: the voxel-to-world affine is singular or not finite, so the volume has no "
+                           f"orientation:\n{affine}")
+    voxel = np.linalg.norm(linear, axis=0)
+    extent = voxel * np.asarray(shape)
+    if voxel.max() > cfg.max_voxel_mm:
+        raise CTInputError(f"{source}: voxel size {np.round(voxel, 3).tolist()} mm exceeds max_voxel_mm "
+                           f"{cfg.max_voxel_mm:g} (preprocess.ct.max_voxel_mm)")
+    if extent.max() > cfg.max_extent_mm:
+        raise CTInputError(f"{source}: field of view {np.round(extent, 1).tolist()} mm exceeds max_extent_mm "
+                           f"{cfg.max_extent_mm:g} (preprocess.ct.max_extent_mm)")
 
 
 def fill_missing_slices(image: MetaTensor, positions: np.ndarray, spacing: float) -> MetaTensor:
@@ -98,14 +117,31 @@ def fill_missing_slices(image: MetaTensor, positions: np.ndarray, spacing: float
     return MetaTensor(data, affine=affine, meta=dict(image.meta))
 
 
-def load_masks(masks: dict[str, Path], reference: MetaTensor) -> tuple[MetaTensor, np.ndarray]:
-    """Stack the region masks into ``[10, X, Y, Z]`` uint8 (RAS) plus a presence vector.
+def check_mask_values(mask: torch.Tensor, path: Path) -> None:
+    """A region mask is one 3-D volume of 0 and one label value: a probability map, several
+    labels or NaN would otherwise be binarised (or truncated to 0) without a word."""
+    if mask.ndim != 4 or mask.shape[0] != 1:  # LoadImage put any 4th axis first
+        raise CTInputError(f"{path}: expected one 3-D mask, got {mask.shape[0]} volumes of shape "
+                           f"{tuple(mask.shape[1:])}")
+    if not torch.isfinite(mask).all():
+        raise CTInputError(f"{path}: mask holds {int((~torch.isfinite(mask)).sum())} NaN/inf values")
+    labels = torch.unique(mask[mask != 0])
+    if len(labels) > 1 or (len(labels) and labels[0] != labels[0].round()):
+        shown = ", ".join(f"{v:g}" for v in labels[:5].tolist())
+        raise CTInputError(f"{path}: mask values must be 0 and one integer label, found non-zero values {shown}"
+                           f"{' ...' if len(labels) > 5 else ''} (a probability map or a multi-label mask?)")
+
+
+def load_masks(masks: dict[str, Path], reference: MetaTensor) -> tuple[MetaTensor, np.ndarray, list[str]]:
+    """Stack the region masks into ``[10, X, Y, Z]`` uint8 (RAS), a presence vector and
+    warnings (a region given but empty).
 
     Each mask must have the volume's shape and affine once both are in RAS.
     """
     stacked = torch.zeros((len(REGIONS), *reference.shape[1:]), dtype=torch.uint8)
     present = np.zeros(len(REGIONS), dtype=np.uint8)
-    loader = LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True, dtype=np.uint8)
+    notes: list[str] = []
+    loader = LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True, dtype=np.float32)
     ref_affine = np.asarray(reference.affine, dtype=np.float64)
     for region, path in masks.items():
         if region not in REGION_INDEX:
@@ -114,6 +150,7 @@ def load_masks(masks: dict[str, Path], reference: MetaTensor) -> tuple[MetaTenso
             raw = _quiet_load(loader, str(path))
         except Exception as err:
             raise CTInputError(f"{path}: cannot read mask ({type(err).__name__}: {err})") from err
+        check_mask_values(raw.as_tensor(), path)
         mask = RAS(raw)
         if tuple(mask.shape[1:]) != tuple(reference.shape[1:]):
             raise CTInputError(f"{path}: mask shape {tuple(mask.shape[1:])} does not match the volume's "
@@ -121,6 +158,8 @@ def load_masks(masks: dict[str, Path], reference: MetaTensor) -> tuple[MetaTenso
         if not np.allclose(np.asarray(mask.affine, dtype=np.float64), ref_affine, atol=1e-3):
             raise CTInputError(f"{path}: mask affine does not match the volume's affine (in RAS)\n"
                                f"mask:\n{np.asarray(mask.affine)}\nvolume:\n{ref_affine}")
-        stacked[REGION_INDEX[region]] = (mask.as_tensor()[0] > 0).to(torch.uint8)
+        stacked[REGION_INDEX[region]] = (mask.as_tensor()[0] != 0).to(torch.uint8)
         present[REGION_INDEX[region]] = 1
-    return MetaTensor(stacked, affine=reference.affine.clone(), meta={"space": "RAS"}), present
+        if not stacked[REGION_INDEX[region]].any():
+            notes.append(f"region {region}: mask {path.name} is empty")
+    return MetaTensor(stacked, affine=reference.affine.clone(), meta={"space": "RAS"}), present, notes

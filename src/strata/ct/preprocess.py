@@ -96,7 +96,7 @@ def preprocess_study(study_id: str, kind: Literal["nifti", "dicom"], files: list
                      masks: dict[str, Path], cfg: CTPreprocessConfig) -> PreprocessedStudy:
     """Read, check and transform one study; nothing is written here."""
     volume = load_volume(kind, files, cfg)
-    mask_stack, present = load_masks(masks, volume.image)
+    mask_stack, present, mask_notes = load_masks(masks, volume.image)
     hu = resample_to_spacing(volume.image, cfg.spacing, "bilinear")
     resampled_masks = resample_to_spacing(mask_stack, cfg.spacing, "nearest")
     (lo, hi), (out_lo, out_hi) = cfg.hu_window, cfg.out_range
@@ -126,7 +126,7 @@ def preprocess_study(study_id: str, kind: Literal["nifti", "dicom"], files: list
         "original_shape": list(volume.original_shape),
         "n_slices": volume.n_slices,
         "regions_present": [r for r, p in zip(REGIONS, present) if p],
-        "warnings": volume.warnings,
+        "warnings": [*volume.warnings, *mask_notes],
         "params_sha256": config_sha256(cfg),
     }
     return PreprocessedStudy(tensors, row)
