@@ -159,9 +159,18 @@ def training_inputs(family):
                 "manifest": "results/cache/pose/manifest.parquet",
                 "shards": "results/cache/pose/shards",
             }
-        return {"manifest": "results/cache/ct/manifest.parquet"}
+        return ct_cache_inputs()
 
     return inputs
+
+
+def ct_cache_inputs():
+    """The CT manifest and every study's cache file (the jobs read the files the manifest
+    lists, so a deleted or rebuilt study cache must re-run them)."""
+    return {
+        "manifest": "results/cache/ct/manifest.parquet",
+        "studies": expand(CT_STUDY_TENSORS, study=STUDY_IDS),
+    }
 
 
 def training_targets():

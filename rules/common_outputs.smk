@@ -46,7 +46,7 @@ def cache_inputs(wildcards):
             "manifest": "results/cache/pose/manifest.parquet",
             "shards": "results/cache/pose/shards",
         }
-    return {"manifest": "results/cache/ct/manifest.parquet"}
+    return ct_cache_inputs()
 
 
 def reg2rg_held_out():

@@ -72,10 +72,10 @@ SMALL_SPACING = (13.0, 13.0, 24.0)  # the 312 x 312 x 288 mm demo field of view 
 
 
 def small_ct_config(**changes: object) -> CTPreprocessConfig:
-    values: dict = dict(spacing=(15.0, 15.0, 28.0), shape=(16, 16, 8), region_shape=(8, 8, 4), channels=1,
-                        hu_window=(-1000.0, 200.0), out_range=(0.0, 1.0), outside_hu=-1024.0, dtype="float32",
-                        on_missing_slice="error", multiple_series="error", spacing_tolerance=0.01,
-                        on_missing_rescale="error", max_voxel_mm=30.0, max_extent_mm=2000.0, shards=1)
+    values: dict = {"spacing": (15.0, 15.0, 28.0), "shape": (16, 16, 8), "region_shape": (8, 8, 4), "channels": 1,
+                    "hu_window": (-1000.0, 200.0), "out_range": (0.0, 1.0), "outside_hu": -1024.0, "dtype": "float32",
+                    "on_missing_slice": "error", "multiple_series": "error", "spacing_tolerance": 0.01,
+                    "on_missing_rescale": "error", "max_voxel_mm": 30.0, "max_extent_mm": 2000.0, "shards": 1}
     values.update(changes)
     return CTPreprocessConfig(**values)
 

@@ -33,7 +33,8 @@ from strata.evaluation.posevae import (
 )
 from strata.evaluation.summary import best_checkpoints, markdown, wide_table
 from strata.evaluation.targets import evaluate_targets, figure_targets, model_checkpoints
-from strata.io.atomic import save_tensors, write_parquet
+from strata.io.atomic import write_parquet
+from strata.io.tensor_files import save_tensors
 from strata.models.registry import build_model
 
 pytest_plugins = ["test_reg2rg_support"]  # the fake_cache fixture (tiny Reg2RG token cache)

@@ -15,7 +15,7 @@ import yaml
 from strata.config import from_dict
 from strata.ct.demo_plan import DemoFindings, region_sentences
 from strata.ct.regions import REGIONS
-from strata.io.atomic import save_tensors
+from strata.io.tensor_files import save_tensors
 from strata.reg2rg.config import Reg2RGConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -201,6 +201,15 @@ def test_modifying_one_dicom_file_reruns_only_that_studys_shard(demo_run, tmp_pa
     assert plan(workdir, *DATA_TARGETS) == {}
 
 
+def test_a_deleted_study_cache_is_rebuilt_and_its_readers_rerun(demo_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(demo_run, workdir, symlinks=True)
+    study = min(STUDY_IDS)
+    (workdir / f"results/cache/ct/studies/{study}.safetensors").unlink()
+    assert upstream(plan(workdir)) == {"ct_manifest": 1, "preprocess_ct": 1, "reg2rg_token_cache": 1,
+                                       "train_reg2rg": 1, **runs_on("ct")}
+
+
 def test_data_stages_are_byte_reproducible(demo_run, tmp_path_factory):
     """A second run from scratch writes byte-identical demo data, caches and manifests."""
     again = copy_workflow(tmp_path_factory.mktemp("demo_run_again"))

@@ -36,7 +36,8 @@ from strata.config import CTPreprocessConfig, config_sha256
 from strata.ct.load import load_masks, load_volume
 from strata.ct.regions import REGIONS
 from strata.ct.resample import resample_to_spacing
-from strata.io.atomic import save_tensors, sha256_files, write_parquet
+from strata.io.atomic import sha256_files, write_parquet
+from strata.io.tensor_files import save_tensors
 
 #: parquet schema of one manifest row (the merged manifest has one row per study).
 MANIFEST_COLUMNS = {
@@ -139,7 +140,7 @@ def run_preprocess_ct(study_id: str, kind: Literal["nifti", "dicom"], files: lis
     result.row["cache_file"] = str(cache_file)
     save_tensors(result.tensors, cache_file, metadata={
         "study_id": study_id, "source_sha256": result.row["source_sha256"],
-        "params_sha256": result.row["params_sha256"]})
+        "params_sha256": result.row["params_sha256"]}, written_by="preprocess_ct")
     write_parquet(pd.DataFrame([result.row], columns=list(MANIFEST_COLUMNS)), row_file)
 
 

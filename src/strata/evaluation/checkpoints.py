@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from strata.io.atomic import read_tensor_metadata, sha256_files
+from strata.io.atomic import sha256_files
+from strata.io.tensor_files import load_tensors, read_tensor_metadata
 from strata.models.registry import build_model
 from strata.training.checkpoint import WEIGHTS
 
@@ -30,7 +30,7 @@ def load_model(family: str, checkpoints: Path, step: int) -> torch.nn.Module:
     if architecture is None:
         raise ValueError(f"{path}: no architecture in the safetensors metadata")
     model = build_model(family, architecture, where=f"{path}: architecture")
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load_tensors(str(path)))
     return model.eval()
 
 

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from strata.evaluation.data import held_out_sequences, pose_windows
 from strata.evaluation.model_names import TRAINED
-from strata.io.atomic import read_tensor_metadata
+from strata.io.tensor_files import read_tensor_metadata
 from strata.models.pose_vae import ACTIVE_UNIT_THRESHOLD, PoseVAE, chunk_count
 from strata.pose.keypoints import KEYPOINT_INDEX, N_KEYPOINTS
 

@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from safetensors.torch import load_file
 
 from strata.config import from_dict
 from strata.ct.demo_plan import DemoFindings
@@ -60,6 +59,7 @@ from strata.ct.regions import REGIONS
 from strata.evaluation.findings import finding_accuracy, states_normal
 from strata.evaluation.parts import ChunkedParquet
 from strata.evaluation.report_metrics import meteor_scorer, region_scores, scores
+from strata.io.tensor_files import load_tensors
 from strata.models.reg2rg.model import Reg2RG, build_reg2rg
 from strata.reg2rg.config import GenerationConfig, Reg2RGConfig
 from strata.reg2rg.dataset import Reg2RGDataset, SwappedSource, TokenCacheSource, study_sentences
@@ -122,7 +122,7 @@ def load_reg2rg(checkpoints: Path, step: int, tokenizer_dir: Path) -> LoadedReg2
     seed = int(meta["seed"])
     tokenizer, layout = load_tokenizer(tokenizer_dir, cfg.perceiver.num_latents)
     model = build_reg2rg(cfg, layout, seed, with_encoders=False)
-    model.load_trainable_state_dict(load_file(str(weights_path)), str(weights_path))
+    model.load_trainable_state_dict(load_tensors(str(weights_path)), str(weights_path))
     return LoadedReg2RG(model.eval(), tokenizer, layout, cfg, seed)
 
 

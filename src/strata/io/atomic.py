@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 
 def _current_umask() -> int:
@@ -62,29 +57,6 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-
-
-METADATA_KEY = "strata"
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
-                 metadata: Mapping[str, Any] | None = None) -> None:
-    """Write a safetensors file atomically, with byte-identical output for equal inputs.
-
-    ``metadata`` is stored as one sorted JSON string under the key ``strata``: safetensors
-    writes a metadata map of several keys in random order, which breaks reproducibility.
-    """
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = None if metadata is None else {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
-
-
-def read_tensor_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata :func:`save_tensors` stored in a safetensors file ({} if none)."""
-    with safe_open(str(path), framework="pt") as fh:
-        header = fh.metadata() or {}
-    return json.loads(header[METADATA_KEY]) if METADATA_KEY in header else {}
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:

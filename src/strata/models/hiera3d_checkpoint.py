@@ -65,7 +65,6 @@ from torch import Tensor
 
 from strata.models.hiera3d import Hiera3DConfig, Hiera3DMAE
 
-
 # (reference pattern, strata replacement), applied to the first matching pattern.
 KEY_MAP: tuple[tuple[str, str], ...] = (
     (r"^patch_embed\.", "encoder.patch_embed."),

@@ -11,7 +11,7 @@ may be shorter), tensors
 * ``valid``  uint8   ``[N, T, 1, F]`` — 1 where the keypoint was observed, 0 where filled;
 * ``labels`` int64   ``[N, T]``       — per-frame behaviour, -1 where unknown;
 
-and safetensors metadata (``strata.io.atomic.read_tensor_metadata``): ``source_sha256``,
+and safetensors metadata (``strata.io.tensor_files.read_tensor_metadata``): ``source_sha256``,
 ``params`` (the config) and ``keypoints`` (names in feature order).
 
 ``<manifest>`` (parquet), one row per window, in shard order:
@@ -58,7 +58,8 @@ import torch
 from tqdm import tqdm
 
 from strata.config import ConfigError, PosePreprocessConfig, config_sha256, to_dict
-from strata.io.atomic import atomic_dir, save_tensors, sha256_files, write_parquet
+from strata.io.atomic import atomic_dir, sha256_files, write_parquet
+from strata.io.tensor_files import save_tensors
 from strata.pose.errors import PoseFormatError
 from strata.pose.keypoints import KEYPOINTS, UNKNOWN_LABEL
 from strata.pose.processing import (
@@ -218,6 +219,7 @@ class _ShardWriter:
             },
             self.out_dir / shard_name(self.n_shards),
             metadata=self.metadata,
+            written_by="preprocess_pose",
         )
         self.n_shards += 1
         self._count -= n
@@ -354,5 +356,6 @@ def _write_sequences(
         },
         path,
         metadata={**metadata, "sequences": list(names), "valid_fraction": list(fractions)},
+        written_by="preprocess_pose",
     )
     log.info("wrote %d whole sequences (%d frames) to %s", len(names), offsets[-1], path)

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from strata.ct.regions import REGION_INDEX, REGIONS
+from strata.io.tensor_files import load_tensors
 from strata.reg2rg.config import Reg2RGDataConfig
 from strata.reg2rg.tokens import VisualTokenLayout
 
@@ -115,7 +115,7 @@ class TokenCacheSource:
         self.directory = Path(directory)
 
     def load(self, study_id: str) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
-        t = load_file(str(self.directory / f"{study_id}.safetensors"))
+        t = load_tensors(str(self.directory / f"{study_id}.safetensors"))
         vision = {"image": t["image_tokens"].float()}
         masks = {}
         for k, region in enumerate(REGIONS):
@@ -133,7 +133,7 @@ class VolumeSource:
         self.directory = Path(directory)
 
     def load(self, study_id: str) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
-        t = load_file(str(self.directory / f"{study_id}.safetensors"))
+        t = load_tensors(str(self.directory / f"{study_id}.safetensors"))
         vision = {"image": t["image"].float()}
         masks = {}
         for k, region in enumerate(REGIONS):

@@ -26,10 +26,10 @@ import hashlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from strata.ct.regions import REGIONS
-from strata.io.atomic import read_tensor_metadata, save_tensors, sha256_files
+from strata.io.atomic import sha256_files
+from strata.io.tensor_files import load_tensors, read_tensor_metadata, save_tensors
 
 
 def module_sha256(module: torch.nn.Module) -> str:
@@ -64,12 +64,13 @@ def run_token_cache(encoders: torch.nn.Module, encoder_sha256: str, ct_file: Pat
                     dtype: torch.dtype) -> None:
     """Encode one study and write its token file atomically."""
     meta = read_tensor_metadata(ct_file)
-    tokens = encode_study(encoders, load_file(str(ct_file)), dtype)
+    tokens = encode_study(encoders, load_tensors(str(ct_file)), dtype)
     if tokens["region_tokens"].shape[0] != len(REGIONS):
         raise ValueError(f"{ct_file}: expected {len(REGIONS)} regions")
     save_tensors(tokens, out_file, metadata={
         "study_id": meta.get("study_id", ct_file.stem), "encoder_sha256": encoder_sha256,
-        "ct_params_sha256": meta.get("params_sha256"), "ct_file_sha256": sha256_files([ct_file])})
+        "ct_params_sha256": meta.get("params_sha256"), "ct_file_sha256": sha256_files([ct_file])},
+        written_by="reg2rg_token_cache")
 
 
 def check_cache(files: list[Path], encoder_sha256: str | None) -> dict[str, str]:

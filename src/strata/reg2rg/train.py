@@ -33,12 +33,12 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from strata.config import config_sha256, to_dict
-from strata.io.atomic import atomic_dir, save_tensors, write_parquet
+from strata.io.atomic import atomic_dir, write_parquet
+from strata.io.tensor_files import load_tensors, save_tensors
 from strata.models.reg2rg.model import Reg2RG, build_encoders, build_reg2rg
 from strata.reg2rg.config import Reg2RGConfig
 from strata.reg2rg.dataset import Reg2RGCollator, Reg2RGDataset, TokenCacheSource, study_sentences
@@ -82,7 +82,7 @@ class Reg2RGTrainer(Trainer):
         if self.args.should_save:
             out = Path(output_dir or self.args.output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            save_tensors(model.trainable_state_dict(), out / WEIGHTS)
+            save_tensors(model.trainable_state_dict(), out / WEIGHTS, written_by="train_reg2rg")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         """Resume the trainable weights written by :meth:`_save` (the frozen LLM comes from its own source).
@@ -90,7 +90,7 @@ class Reg2RGTrainer(Trainer):
         The stock loader would load them non-strictly and then trip over the missing frozen keys.
         """
         path = Path(resume_from_checkpoint) / WEIGHTS
-        self.accelerator.unwrap_model(model or self.model).load_trainable_state_dict(load_file(str(path)), str(path))
+        self.accelerator.unwrap_model(model or self.model).load_trainable_state_dict(load_tensors(str(path)), str(path))
 
 
 class EpochCallback(TrainerCallback):
@@ -142,7 +142,8 @@ class ProgressBar(ProgressCallback):
 
 def write_checkpoint(path: Path, model: Reg2RG, meta: dict[str, Any]) -> None:
     with atomic_dir(path) as tmp:
-        save_tensors(model.trainable_state_dict(), tmp / WEIGHTS, metadata={"epoch": meta["epoch"]})
+        save_tensors(model.trainable_state_dict(), tmp / WEIGHTS, metadata={"epoch": meta["epoch"]},
+                     written_by="train_reg2rg")
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 

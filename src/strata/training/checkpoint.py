@@ -30,9 +30,9 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
-from strata.io.atomic import atomic_dir, save_tensors, write_parquet
+from strata.io.atomic import atomic_dir, write_parquet
+from strata.io.tensor_files import load_tensors, save_tensors
 
 WEIGHTS = "model.safetensors"
 STATE = "training_state.pt"
@@ -90,7 +90,7 @@ class CheckpointStore:
         """Write checkpoint ``step`` (resume copy first, then the declared output by hard links)."""
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         with atomic_dir(self.resume_dir / str(step)) as tmp:
-            save_tensors(weights, tmp / WEIGHTS, metadata={"architecture": architecture})
+            save_tensors(weights, tmp / WEIGHTS, metadata={"architecture": architecture}, written_by="train (checkpoint)")
             torch.save(training, tmp / STATE)
             (tmp / META).write_text(json.dumps({**meta, "step": step, "fingerprint": self.fingerprint},
                                                indent=2, sort_keys=True) + "\n")
@@ -128,7 +128,7 @@ class CheckpointStore:
                 shutil.rmtree(self.resume_dir)  # another config or data: never resume from it
                 return None
             training = torch.load(path / STATE, map_location="cpu", weights_only=True)
-            return ResumeState(step, load_file(str(path / WEIGHTS)), training, pd.read_parquet(path / LOG))
+            return ResumeState(step, load_tensors(str(path / WEIGHTS)), training, pd.read_parquet(path / LOG))
         return None
 
     def finish(self, log: pd.DataFrame) -> None:

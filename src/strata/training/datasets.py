@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from strata.io.atomic import read_tensor_metadata, sha256_files
+from strata.io.atomic import sha256_files
+from strata.io.tensor_files import load_tensors, read_tensor_metadata
 from strata.pose.keypoints import UNKNOWN_LABEL
 
 
@@ -24,7 +24,7 @@ class PoseWindows(Dataset):
 
     def __init__(self, manifest: Path, shards_dir: Path) -> None:
         table = pd.read_parquet(manifest)
-        parts = {name: load_file(str(Path(shards_dir) / name)) for name in table["shard"].unique()}
+        parts = {name: load_tensors(str(Path(shards_dir) / name)) for name in table["shard"].unique()}
         self.x = torch.cat([parts[n]["x"] for n in parts])
         self.valid = torch.cat([parts[n]["valid"] for n in parts])
         self.labels = torch.cat([parts[n]["labels"] for n in parts])
@@ -49,7 +49,7 @@ class PoseSequences(Dataset):
     """
 
     def __init__(self, path: Path) -> None:
-        tensors = load_file(str(path))
+        tensors = load_tensors(str(path))
         meta = read_tensor_metadata(path)
         offsets = tensors["offsets"]
         names = meta.get("sequences", [])
@@ -96,7 +96,7 @@ class CTVolumes(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        tensors = load_file(str(self.files[i]))
+        tensors = load_tensors(str(self.files[i]))
         return {"x": tensors["image"].float(), "masks": tensors["masks"]}
 
 
