@@ -48,3 +48,30 @@ def test_an_empty_file_is_named(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(CacheIntegrityError, match=rf"{re.escape(str(path))}: unreadable or truncated tensor file"):
         load_tensors(path)
+
+
+def test_a_killed_write_leaves_only_its_own_temporary_which_the_next_write_removes(tmp_path):
+    """SIGKILL between the temporary write and the rename: the next write of that file cleans up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    final = tmp_path / "studies" / "s1.safetensors"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from strata.io import atomic
+        def killed(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        atomic.os.replace = killed
+        from strata.io.tensor_files import save_tensors
+        save_tensors({{"x": torch.zeros(1000)}}, {str(final)!r}, written_by="test")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in final.parent.iterdir())
+    assert len(left) == 1 and left[0].startswith(".s1.safetensors.") and left[0].endswith(".tmp"), left
+    save_tensors({"x": torch.ones(3)}, final, written_by="test")
+    assert sorted(p.name for p in final.parent.iterdir()) == ["s1.safetensors"]
+    assert os.path.getsize(final) > 0

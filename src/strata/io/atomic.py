@@ -7,6 +7,7 @@ run (or Snakemake's incomplete-file check) never mistakes a partial cache for a 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
@@ -26,11 +27,22 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def remove_stale_temporaries(final: Path) -> None:
+    """Delete what a killed write of ``final`` left behind (``.<name>.*.tmp``). Only the job
+    that writes ``final`` writes these names, so a stale one is never another job's."""
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -47,6 +59,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; it replaces ``final`` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from strata.io.atomic import atomic_path
 
@@ -54,8 +54,11 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
     """
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {**(metadata or {}), HASH_KEY: tensors_sha256(tensors), WRITER_KEY: written_by}
+    # serialised in memory and written by atomic_path: safetensors' own save_file would add
+    # a temporary file of its own that a killed job leaves behind under an unrelated name
+    data = save(tensors, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        tmp.write_bytes(data)
 
 
 def _header_metadata(path: Path) -> dict[str, Any]:
