@@ -11,14 +11,13 @@ before any work (unless ``reg2rg.allow_cpu``); ``gpu`` 0 trains on the CPU.
 from pathlib import Path
 
 import torch
-import yaml
 
 from strata.config import from_dict, to_dict
 from strata.logging_setup import snakemake_logging
 from strata.reg2rg.config import Reg2RGConfig
 from strata.reg2rg.train import Reg2RGInputs, train_reg2rg
 from strata.training.device import resolve_device
-from strata.training.distributed import run_torchrun, threads_per_process
+from strata.training.distributed import launch_run, threads_per_process
 from strata.training.monitor import workflow_monitor
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
@@ -40,14 +39,9 @@ with snakemake_logging(snakemake.log[0]) as log:
         frame = train_reg2rg(cfg, int(snakemake.params.seed), inputs, run_dir, gpus=gpus, monitor=monitor)
         log.info("first loss %.4f, last loss %.4f", frame["loss"].iloc[0], frame["loss"].iloc[-1])
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config = run_dir / "launch_config.yaml"
-        config.write_text(yaml.safe_dump({"seed": int(snakemake.params.seed), "reg2rg": dict(snakemake.params.reg2rg),
-                                          "studies": list(inputs.study_ids), "monitor": to_dict(monitor)}))
-        run_torchrun(max(gpus, 1), "strata.reg2rg",
-                     ["--config", str(config), "--tokenizer", str(inputs.tokenizer_dir), "--reports",
-                      str(inputs.reports), "--tokens", str(token_dir), "--out", str(run_dir), "--threads", str(threads),
-                      "--gpus", str(gpus)],
-                     log_file=Path(snakemake.log[0]),
-                     env={} if device == "cuda" else {"DS_ACCELERATOR": "cpu"})
-        config.unlink()
+        launch_run(max(gpus, 1), "strata.reg2rg", run_dir,
+                   {"seed": int(snakemake.params.seed), "reg2rg": dict(snakemake.params.reg2rg),
+                    "studies": list(inputs.study_ids), "monitor": to_dict(monitor)}, "--config",
+                   ["--tokenizer", str(inputs.tokenizer_dir), "--reports", str(inputs.reports), "--tokens",
+                    str(token_dir), "--out", str(run_dir), "--threads", str(threads), "--gpus", str(gpus)],
+                   log_file=Path(snakemake.log[0]), env={} if device == "cuda" else {"DS_ACCELERATOR": "cpu"})

@@ -9,12 +9,11 @@ run's ``train.allow_cpu``); ``gpu`` 0 trains on the CPU.
 from pathlib import Path
 
 import torch
-import yaml
 
 from strata.config import ModelRunConfig, from_dict, to_dict
 from strata.logging_setup import snakemake_logging
 from strata.training.device import resolve_device
-from strata.training.distributed import run_torchrun, threads_per_process
+from strata.training.distributed import launch_run, threads_per_process
 from strata.training.monitor import workflow_monitor
 from strata.training.run import train_run
 
@@ -31,16 +30,12 @@ with snakemake_logging(snakemake.log[0]) as log:
     log.info("training %s/%s on %s: asks for %d GPU(s), trains on %s, %d thread(s) per process",
              family, run, cfg.data, nproc, device, threads)
     if nproc > 1:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        launch = run_dir / "launch_config.yaml"  # the run's section for the torchrun processes
-        launch.write_text(yaml.safe_dump({"seed": int(snakemake.params.seed),
-                                          "run_config": dict(snakemake.params.run_config),
-                                          "monitor": to_dict(monitor)}))
-        run_torchrun(nproc, "strata.training",
-                     ["--run-config", str(launch), "--family", family, "--run-name", run, "--gpus", str(nproc),
-                      "--cache", str(snakemake.params.cache), "--out", str(run_dir), "--threads", str(threads)],
-                     log_file=Path(snakemake.log[0]))
-        launch.unlink()
+        launch_run(nproc, "strata.training", run_dir,
+                   {"seed": int(snakemake.params.seed), "run_config": dict(snakemake.params.run_config),
+                    "monitor": to_dict(monitor)}, "--run-config",
+                   ["--family", family, "--run-name", run, "--gpus", str(nproc), "--cache",
+                    str(snakemake.params.cache), "--out", str(run_dir), "--threads", str(threads)],
+                   log_file=Path(snakemake.log[0]))
     else:
         torch.set_num_threads(threads)
         train_run(family, run, cfg, int(snakemake.params.seed), Path(snakemake.params.cache), run_dir,

@@ -21,6 +21,7 @@ from typing import IO
 
 import torch
 import torch.distributed as dist
+import yaml
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,18 @@ def run_torchrun(nproc: int, module: str, args: Sequence[str], log_file: Path | 
     with contextlib.ExitStack() as stack:
         out = stream if stream is not None else stack.enter_context(open(log_file, "a"))
         subprocess.run(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, check=True)
+
+
+def launch_run(nproc: int, module: str, run_dir: Path, launch_config: dict, config_flag: str,
+               args: Sequence[str], log_file: Path, env: dict[str, str] | None = None) -> None:
+    """Run a training ``module`` under torchrun with its config in a file: ``launch_config``
+    is written to ``run_dir/launch_config.yaml``, passed as ``config_flag <file>`` before
+    ``args``, and removed after a successful run (a failed run keeps it, to reproduce)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "launch_config.yaml"
+    config.write_text(yaml.safe_dump(launch_config))
+    run_torchrun(nproc, module, [config_flag, str(config), *args], log_file=log_file, env=env)
+    config.unlink()
 
 
 def _logging_stream(log_file: Path) -> IO[str] | None:
