@@ -44,7 +44,7 @@ from strata.reg2rg.config import Reg2RGConfig
 from strata.reg2rg.dataset import Reg2RGCollator, Reg2RGDataset, TokenCacheSource, study_sentences
 from strata.reg2rg.token_cache import check_cache, module_sha256
 from strata.reg2rg.tokenizer import load_tokenizer
-from strata.training.checkpoint import META, WEIGHTS, git_commit, package_versions
+from strata.training.checkpoint import META, WEIGHTS, run_meta
 from strata.training.config import MonitorConfig
 from strata.training.device import DeviceType, describe_device, resolve_device
 from strata.training.monitor import StepMonitor
@@ -184,9 +184,7 @@ def build_training(cfg: Reg2RGConfig, seed: int, inputs: Reg2RGInputs, run_dir: 
     model = build_reg2rg(cfg, layout, seed, with_encoders=False,
                          dtype=torch.bfloat16 if use_bf16(cfg, device_type) and cfg.llm.pretrained is not None
                          else torch.float32)
-    meta = {"config": to_dict(cfg), "config_sha256": config_sha256(cfg), "seed": seed, "data_sha256": data_hashes,
-            "packages": package_versions(), "git_commit": git_commit(Path(__file__).parent),
-            "device": device_type,
+    meta = {**run_meta(to_dict(cfg), seed, data_hashes, device_type), "config_sha256": config_sha256(cfg),
             "trainable": sorted(model.trainable_state_dict())}
     args = training_arguments(cfg, seed, run_dir / "trainer", max_steps, device_type)
     trainer = Reg2RGTrainer(model=model, args=args, train_dataset=dataset,

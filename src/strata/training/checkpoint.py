@@ -144,7 +144,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def run_meta(config: dict[str, Any], seed: int, data_hashes: dict[str, str], device: torch.device) -> dict[str, Any]:
+def run_meta(config: dict[str, Any], seed: int, data_hashes: dict[str, str], device: torch.device | str
+             ) -> dict[str, Any]:
     """Provenance recorded with every checkpoint (no timestamps: reruns stay byte-identical)."""
     return {
         "config": config,
