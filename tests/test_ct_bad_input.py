@@ -13,8 +13,8 @@ import pydicom
 import pytest
 import torch
 from conftest import SMALL_SPACING, SmallStudy, small_ct_config
-from safetensors.torch import load_file
 
+from strata.ct.cache_format import read_study
 from strata.ct.demo import lps_affine, write_dicom_series, write_nifti
 from strata.ct.errors import CTInputError
 from strata.ct.layout import dicom_slice_name
@@ -119,7 +119,7 @@ def test_two_series_in_one_folder_are_never_mixed(dicom_study, tmp_path):
     assert str(folder) in str(err)
     run(mixed, multiple_series="largest")
     run(clean)
-    mixed_tensors, clean_tensors = load_file(mixed.cache_file), load_file(clean.cache_file)
+    mixed_tensors, clean_tensors = read_study(mixed.cache_file), read_study(clean.cache_file)
     for key in clean_tensors:
         assert torch.equal(mixed_tensors[key], clean_tensors[key]), key
     assert "2 series in folder" in pd.read_parquet(mixed.row_file).loc[0, "warnings"][0]

@@ -13,10 +13,10 @@ import pydicom
 import pytest
 import yaml
 from conftest import TEST_CONFIG, copy_workflow, planned_jobs, run_snakemake
-from safetensors.torch import load_file
 from scipy.ndimage import binary_erosion
 
 from strata.config import StrataConfig, from_dict
+from strata.ct.cache_format import read_study
 from strata.ct.demo_plan import demo_plan, nodule_size_class
 from strata.ct.regions import REGION_INDEX
 from strata.ct.shards import shard_members
@@ -168,7 +168,7 @@ def test_cached_ct_carries_the_stated_nodule(demo_run):
     are many more for studies whose lung sentence states a large nodule than for none."""
     dense = {}
     for study in PLANS:
-        tensors = load_file(demo_run / f"results/cache/ct/studies/{study.study_id}.safetensors")
+        tensors = read_study(demo_run / f"results/cache/ct/studies/{study.study_id}.safetensors")
         lung = binary_erosion(tensors["masks"][REGION_INDEX["lung"]].numpy().astype(bool))
         image = tensors["image"][0].float().numpy()
         dense[study.study_id] = int((image[lung] > 0.5).sum())  # > -400 HU

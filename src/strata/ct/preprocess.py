@@ -5,7 +5,8 @@ nearest) -> clip the HU window and map it onto ``out_range`` -> resize to ``shap
 crops as Reg2RG makes them: the volume inside the region mask (outside = ``outside_hu``),
 cropped to the region's foreground and resized to ``region_shape``.
 
-Cached file (safetensors, written under a temporary name and renamed):
+Cached file (safetensors, written under a temporary name and renamed; stored compactly by
+:mod:`strata.ct.cache_format`, whose ``read_study`` returns these tensors):
 
 =================  =====================  ==========================================
 tensor             dtype / shape          meaning
@@ -33,6 +34,7 @@ from monai.transforms import Resize, ScaleIntensityRange
 from monai.transforms.utils import generate_spatial_bounding_box
 
 from strata.config import CTPreprocessConfig, config_sha256
+from strata.ct.cache_format import pack_study
 from strata.ct.load import load_masks, load_volume
 from strata.ct.regions import REGIONS
 from strata.ct.resample import resample_to_spacing
@@ -138,9 +140,10 @@ def run_preprocess_ct(study_id: str, kind: Literal["nifti", "dicom"], files: lis
     """Preprocess one study and write its cache file and manifest row, both atomically."""
     result = preprocess_study(study_id, kind, files, masks, cfg)
     result.row["cache_file"] = str(cache_file)
-    save_tensors(result.tensors, cache_file, metadata={
+    stored, layout = pack_study(result.tensors)
+    save_tensors(stored, cache_file, metadata={
         "study_id": study_id, "source_sha256": result.row["source_sha256"],
-        "params_sha256": result.row["params_sha256"]}, written_by="preprocess_ct")
+        "params_sha256": result.row["params_sha256"], **layout}, written_by="preprocess_ct")
     write_parquet(pd.DataFrame([result.row], columns=list(MANIFEST_COLUMNS)), row_file)
 
 

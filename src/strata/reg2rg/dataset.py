@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from strata.ct.cache_format import read_study
 from strata.ct.regions import REGION_INDEX, REGIONS
 from strata.io.tensor_files import load_tensors
 from strata.reg2rg.config import Reg2RGDataConfig
@@ -133,7 +134,7 @@ class VolumeSource:
         self.directory = Path(directory)
 
     def load(self, study_id: str) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
-        t = load_tensors(str(self.directory / f"{study_id}.safetensors"))
+        t = read_study(self.directory / f"{study_id}.safetensors")
         vision = {"image": t["image"].float()}
         masks = {}
         for k, region in enumerate(REGIONS):

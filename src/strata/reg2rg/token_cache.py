@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
+from strata.ct.cache_format import read_study
 from strata.ct.regions import REGIONS
 from strata.io.atomic import sha256_files
-from strata.io.tensor_files import load_tensors, read_tensor_metadata, save_tensors
+from strata.io.tensor_files import read_tensor_metadata, save_tensors
 
 
 def module_sha256(module: torch.nn.Module) -> str:
@@ -64,7 +65,7 @@ def run_token_cache(encoders: torch.nn.Module, encoder_sha256: str, ct_file: Pat
                     dtype: torch.dtype) -> None:
     """Encode one study and write its token file atomically."""
     meta = read_tensor_metadata(ct_file)
-    tokens = encode_study(encoders, load_tensors(str(ct_file)), dtype)
+    tokens = encode_study(encoders, read_study(ct_file), dtype)
     if tokens["region_tokens"].shape[0] != len(REGIONS):
         raise ValueError(f"{ct_file}: expected {len(REGIONS)} regions")
     save_tensors(tokens, out_file, metadata={

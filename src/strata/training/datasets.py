@@ -10,6 +10,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
+from strata.ct.cache_format import read_study
 from strata.io.atomic import sha256_files
 from strata.io.tensor_files import load_tensors, read_tensor_metadata
 from strata.pose.keypoints import UNKNOWN_LABEL
@@ -96,7 +97,7 @@ class CTVolumes(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        tensors = load_tensors(str(self.files[i]))
+        tensors = read_study(self.files[i])
         return {"x": tensors["image"].float(), "masks": tensors["masks"]}
 
 
