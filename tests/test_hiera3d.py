@@ -82,7 +82,7 @@ def test_full_config_parameter_counts_match_the_reference(full_model):
 
 
 def test_explain_shapes_cli_prints_the_spec_flow():
-    proc = subprocess.run([sys.executable, "-m", "strata.models.hiera3d", "--explain-shapes", "--config",
+    proc = subprocess.run([sys.executable, "-m", "strata.models.hiera3d_shapes", "--config",
                            str(REPO / "config" / "full.yaml"), "--run", "pose"],
                           capture_output=True, text=True, timeout=120, check=True)
     out = proc.stdout
