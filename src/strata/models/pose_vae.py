@@ -35,10 +35,7 @@ Method, top to bottom (one class per step):
    L frames), beside the transformers and still through the same latent. Keypoints of a
    rigid-ish body are linear in its centre and (cos, sin) of its heading, so this PCA-like
    path carries position and within-chunk motion in a form that generalises to positions
-   not seen in training. On the demo (10 training sequences, beta 1e-5) held-out
-   reconstruction MSE was 0.0017 with it, below an oracle predicting each chunk's mean pose
-   (0.0035); without it the transformers stayed at 0.02-0.03 even after 3,000 steps (they
-   fit the training windows, 0.005, but not new positions).
+   not seen in training (measurements: bench/RESULTS.md, "Pose VAE").
 9. **Output parametrisation** (``output``): ``keypoints`` decodes the F features
    directly; ``body`` (:class:`BodyOutput`) decodes per frame and agent a centre, a heading
    and body-frame offsets added to a learned body template, and places the template's
