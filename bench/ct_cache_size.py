@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
-from strata.config import load_config
+from strata.config import CTPreprocessConfig, from_dict, read_yaml
 from strata.ct.demo import lps_affine, phantom, write_nifti
 from strata.ct.demo_plan import DemoFindings
 from strata.ct.preprocess import preprocess_study, run_preprocess_ct
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 200], help="source voxels (x y z)")
     parser.add_argument("--spacing", type=float, nargs=3, default=[0.75, 0.75, 1.5], help="source mm")
     args = parser.parse_args()
-    cfg = load_config(args.config).preprocess.ct
+    cfg = from_dict(CTPreprocessConfig, read_yaml(args.config)["preprocess"]["ct"], where="preprocess.ct")
     shape, spacing = tuple(args.shape), tuple(args.spacing)
     findings = DemoFindings(nodule_mm=20, nodule_side="left", cardiomegaly=True, effusion="right")
     hu, masks = phantom(shape, spacing, findings, REGIONS, 15.0, np.random.default_rng(0))

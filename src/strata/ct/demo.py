@@ -31,6 +31,8 @@ from strata.ct.regions import REGIONS
 from strata.io.atomic import atomic_path
 
 AIR_HU = -1000.0
+NODULE_HU = 150.0  # a dense solid nodule: bright enough to survive the random patch projection
+NODULE_SPREAD_MM = 4.0  # largest offset of the nodule from mid-lung, per axis
 RESCALE_INTERCEPT = -1024.0
 
 
@@ -50,12 +52,24 @@ def _cylinder_z(x, y, z, centre_xy, radius, z_range) -> np.ndarray:
     return inside & (z >= z_range[0]) & (z <= z_range[1])
 
 
+def nodule_centre(side: str, jitter: np.ndarray, scale: tuple[float, float, float], spread_mm: float,
+                  rng: np.random.Generator) -> tuple[float, float, float]:
+    """Centre (mm) of the nodule in the middle of its lung, moved with the lung's jitter and by
+    a uniform offset of at most ``spread_mm`` per axis (scaled with the field of view)."""
+    kx, ky, kz = scale
+    offset = rng.uniform(-spread_mm, spread_mm, size=3)
+    cx = (1.0 if side == "right" else -1.0) * 65 * kx + jitter[0]
+    return cx + offset[0] * kx, -5 * ky + offset[1] * ky, 25 * kz + jitter[2] + offset[2] * kz
+
+
 def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], findings: DemoFindings,
-            regions: tuple[str, ...], noise_hu: float, rng: np.random.Generator
-            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            regions: tuple[str, ...], noise_hu: float, rng: np.random.Generator,
+            nodule_spread_mm: float = NODULE_SPREAD_MM) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A chest phantom: HU volume ``[X, Y, Z]`` (RAS index order) and one bool mask per region.
 
-    Sizes are in mm relative to a 320 x 320 x 288 mm field of view and scale with it.
+    Sizes are in mm relative to a 320 x 320 x 288 mm field of view and scale with it. The
+    nodule (dense, near mid-lung: :func:`nodule_centre`) is placed so that the frozen random
+    ViT-3D's patch projection still carries it (bench/RESULTS.md, "Reg2RG on the demo").
     """
     x, y, z = _grid(shape, spacing)
     fx, fy, fz = (n * s / 2.0 for n, s in zip(shape, spacing))  # half field of view
@@ -95,11 +109,9 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], fi
         pleura = pleura | fluid
         lung = lung & ~fluid
     if findings.nodule_mm:
-        side = lungs[findings.nodule_side]
-        cx = (1.0 if findings.nodule_side == "right" else -1.0) * 65 * kx + jitter[0]
-        centre = (cx + rng.uniform(-10, 10) * kx, rng.uniform(-20, 10) * ky, 25 * kz + rng.uniform(-15, 15) * kz)
+        centre = nodule_centre(findings.nodule_side, jitter, (kx, ky, kz), nodule_spread_mm, rng)
         r = findings.nodule_mm / 2.0
-        hu[_ellipsoid(x, y, z, centre, (r, r, r)) & side] = 30.0
+        hu[_ellipsoid(x, y, z, centre, (r, r, r)) & lungs[findings.nodule_side]] = NODULE_HU
     hu[heart] = 45.0
     hu[esophagus] = 30.0
     hu[trachea] = 30.0

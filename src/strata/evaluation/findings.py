@@ -14,7 +14,7 @@ a set of studies against the demo plan's truth:
 metric              correct when (over the studies it is defined for)
 ==================  ===================================================================
 nodule_presence     nodule stated / denied as in the truth (all studies)
-nodule_size         size class none / small (< 16 mm) / large right (all studies); the
+nodule_size         size class none / small (< ``LARGE_NODULE_MM``, 20 mm) / large right (all studies); the
                     stated millimetres decide, the size word only when no number is given
 nodule_side         left / right right (studies that have a nodule)
 cardiomegaly        enlarged / normal heart right (all studies)
