@@ -17,9 +17,12 @@ from strata.models.hjepa import (
     HJEPAConfig,
     LevelProjection,
     MultiBlockMaskSampler,
+    center_per_position,
     mask_to_ids,
     pool_along_axis,
+    position_centred,
     upsample_masked,
+    vicreg_terms,
 )
 from strata.pose.demo import write_demo_pose
 from strata.pose.stage import preprocess_pose
@@ -429,3 +432,101 @@ def test_a_training_step_on_ct_volumes_is_finite_and_moves_the_ema():
     model.after_optimizer_step(0, 60)
     moved = [not torch.equal(a, b) for a, b in zip(before, model.target_encoder.parameters())]
     assert any(moved)
+
+
+# ----------------------------------------------------------------------------- content targets, heads, VICReg
+
+CONTENT = dataclasses.replace(POSE, fpn=FPNConfig(dim=64, fusion="add"), target_heads="none", target_centering=True,
+                              variance_weight=1.0, covariance_weight=0.04)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"target_heads": "frozen"}, r"target_heads must be 'shared', 'ema' or 'none'"),
+    ({"target_heads": "none"}, r"fpn\.dim 32 must equal embed_dim 64"),
+    ({"variance_weight": -1.0}, r"variance_weight and covariance_weight must be >= 0"),
+])
+def test_invalid_content_settings_raise_value_error(edit, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(POSE, **edit)
+
+
+def test_plain_target_heads_pool_the_target_tokens_and_train_only_the_prediction_heads():
+    model = model_of(CONTENT)
+    grid = torch.randn(2, *CONTENT.token_grid, CONTENT.embed_dim)
+    valid = torch.ones(grid.shape[:4], dtype=torch.bool)
+    for level, (features, _) in enumerate(model.hierarchy(grid, valid)):  # targets and embeddings: plain means
+        expected, _ = pool_along_axis(grid, valid, CONTENT.pool_axis, 2 ** level)
+        torch.testing.assert_close(features, expected)
+    online = model.hierarchy(grid, valid, online=True)
+    assert not torch.allclose(online[1][0], model.hierarchy(grid, valid)[1][0])  # projections + FPN
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert {id(p) for p in model.fpn.parameters()} <= trainable
+
+
+def test_ema_target_heads_are_frozen_copies_moved_by_the_momentum_formula():
+    model = model_of(dataclasses.replace(POSE, target_heads="ema"))
+    for target, online in ((model.target_levels, model.levels), (model.target_fpn, model.fpn)):
+        for a, b in zip(target.parameters(), online.parameters()):
+            assert torch.equal(a, b) and not a.requires_grad
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not trainable & {id(p) for p in [*model.target_levels.parameters(), *model.target_fpn.parameters()]}
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
+    torch.manual_seed(2)
+    model.training_step({"x": torch.randn(4, 1, 64, 1, 72)}).loss.backward()
+    opt.step()
+    online = {k: v.detach().clone() for k, v in model.fpn.named_parameters()}
+    before = {k: v.detach().clone() for k, v in model.target_fpn.named_parameters()}
+    m = model.momentum(10, 100)
+    model.after_optimizer_step(10, 100)
+    for name, param in model.target_fpn.named_parameters():
+        torch.testing.assert_close(param, m * before[name] + (1 - m) * online[name], rtol=0, atol=1e-7)
+    model.train()
+    assert model.fpn.training and not model.target_fpn.training and not model.target_levels.training
+
+
+def test_centred_targets_leave_nothing_for_a_position_only_prediction():
+    torch.manual_seed(5)
+    targets, offset = torch.randn(6, 96, 64), torch.randn(1, 96, 64)  # offset: anything a position alone implies
+    centred = center_per_position(targets)
+    torch.testing.assert_close(centred.mean(dim=0), torch.zeros(96, 64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(center_per_position(targets + offset), centred, rtol=0, atol=1e-5)
+    model = model_of(dataclasses.replace(CONTENT, variance_weight=0.0, covariance_weight=0.0))
+    seen = []
+    loss_of = model.forward_loss
+    model.forward_loss = lambda pred, target, valid: seen.append(target) or loss_of(pred, target, valid)
+    out = model(torch.randn(6, 1, 64, 1, 72))
+    grids = seen[0].view(6, CONTENT.num_target_blocks, -1, CONTENT.embed_dim)  # (B, M, N, D): one grid per block
+    torch.testing.assert_close(grids[:, 0].mean(dim=0), torch.zeros(96, 64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(grids[:, 0], center_per_position(out.targets))
+
+
+def test_vicreg_terms_see_only_what_the_input_changes_at_each_position():
+    torch.manual_seed(0)
+    b, n, d = 8, 10, 6
+    ids = torch.stack([torch.randperm(n)[:7] for _ in range(b)])  # (B, K): positions differ per sample
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[0, -2:] = False  # padding never counts
+    position = torch.randn(n, d) * 5.0
+    pure_position = position[ids]  # (B, K, D): no content at all
+    variance, _ = vicreg_terms(position_centred(pure_position, ids, valid, n))
+    assert variance == pytest.approx(1.0, abs=0.02)  # positions alone do not meet the hinge
+    content = torch.randn(b, 7, d) * 3.0
+    variance, covariance = vicreg_terms(position_centred(pure_position + content, ids, valid, n))
+    assert variance == 0.0  # content of std 3 meets the hinge everywhere
+    correlated = content[..., :1].expand(-1, -1, d)  # every dimension the same content: high covariance
+    _, covariance_corr = vicreg_terms(position_centred(pure_position + correlated, ids, valid, n))
+    assert covariance_corr > 10 * covariance
+    z = position_centred(pure_position + content, ids, valid, n)
+    assert z.shape[0] <= int(valid.sum())
+
+
+def test_vicreg_terms_enter_the_loss_with_their_weights():
+    torch.manual_seed(7)
+    x, plain = torch.randn(4, 1, 64, 1, 72), model_of(dataclasses.replace(CONTENT, variance_weight=0.0,
+                                                                          covariance_weight=0.0))
+    masks = plain.sample_masks(4)
+    weighted = model_of(CONTENT)
+    a, b = plain(x, masks), weighted(x, masks)
+    torch.testing.assert_close(b.loss, a.loss + 1.0 * b.variance + 0.04 * b.covariance)
+    metrics = weighted.training_step({"x": x}).metrics
+    assert {"variance_term", "covariance_term"} <= set(metrics)

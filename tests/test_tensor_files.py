@@ -7,7 +7,12 @@ import re
 import pytest
 import torch
 
-from strata.io.tensor_files import CacheIntegrityError, load_tensors, read_tensor_metadata, save_tensors
+from strata.io.tensor_files import (
+    CacheIntegrityError,
+    load_tensors,
+    read_tensor_metadata,
+    save_tensors,
+)
 
 
 @pytest.fixture

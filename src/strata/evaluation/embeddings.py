@@ -2,7 +2,9 @@
 
 Levels: the hierarchical ViT-3D's stages (projected outputs, :meth:`Hiera3D.forward_features`);
 H-JEPA's hierarchy levels (the target encoder's layer-normalised tokens through the
-model's own :class:`LevelProjection` and FPN, on the full grid, every slot valid). Both
+model's target levels, :meth:`HJEPA.hierarchy`: plain means of ``2**l`` tokens with
+``target_heads: none``, else its :class:`LevelProjection` and FPN; on the full grid,
+every slot valid). Both
 give per level a grid ``[B, t, h, w, D]`` whose first axis is time for pose windows
 (``[1, T, 1, F]`` inputs) and the volume's first axis for CT.
 

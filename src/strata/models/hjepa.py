@@ -19,6 +19,9 @@ Method, in the order the code runs (:meth:`HJEPA.forward`):
    only; samples with fewer context tokens are padded and padding is never attended.
 4. **Target encoder**: an EMA copy of the context encoder (no gradients, not optimised) sees
    the whole input; its output, layer-normalised (I-JEPA), is the target of every token.
+   With ``target_centering`` the loss sees each target minus the batch mean of its grid
+   position (:func:`center_per_position`): sin-cos positions make most of a token, and a
+   predictor that only knows where a hidden token is can no longer lower the loss.
 5. **Predictor** (:class:`Predictor`): a narrow ViT that reads the embedded context tokens
    plus one mask token (with its position embedding) per target position, once per target
    block, and projects back to the encoder width.
@@ -29,8 +32,11 @@ Method, in the order the code runs (:meth:`HJEPA.forward`):
    coordinates fixed) and applies that level's linear projection. A pooled window is valid
    only when ALL its slots are valid, i.e. the window lies inside the target block; since
    every grid holds one block, a window never mixes two blocks or two rows, and padded or
-   unpredicted slots never reach a valid window. Predictions and targets pass through the
-   same module (targets without gradient: the target branch is stop-gradient, as I-JEPA).
+   unpredicted slots never reach a valid window. ``target_heads`` says what the targets
+   pass through: the predictions' own projections (``shared``, no gradient), an EMA copy of
+   them (``ema``), or nothing (``none``: level ``l`` of the targets, and of the probed
+   embeddings, is the plain mean of ``2**l`` target tokens; projections and FPN are then
+   prediction heads only).
 7. **FPN** (:class:`FPN`, optional): lateral linear projections to the FPN width, a
    top-down path from the coarsest level with linear interpolation along ``pool_axis``
    (``align_corners=False``, normalised by the interpolated validity so invalid slots
@@ -38,7 +44,11 @@ Method, in the order the code runs (:meth:`HJEPA.forward`):
    (kernel 3 along ``pool_axis``) per level.
 8. **Loss** (:meth:`HJEPA.forward_loss`): per level, smooth L1 or MSE between the
    layer-normalised predicted and target features, averaged over valid windows; the
-   levels are summed with ``level_weights``.
+   levels are summed with ``level_weights``. Added to it, VICReg's variance hinge and
+   covariance term (:func:`vicreg_terms`, weights ``variance_weight`` /
+   ``covariance_weight``) on the context encoder's outputs centred per grid position
+   (:func:`position_centred`): every width dimension must vary with the input, not with
+   the position, which keeps the EMA targets from collapsing.
 9. **EMA** (:meth:`HJEPA.after_optimizer_step`): after every optimizer step,
    ``theta_target <- m * theta_target + (1 - m) * theta_context`` with ``m`` following the
    configured schedule from ``ema_momentum[0]`` to ``ema_momentum[1]``.
@@ -132,6 +142,22 @@ class HJEPAConfig:
         fpn: optional feature pyramid on top of the levels (null: none).
         ema_momentum: (start, end) momentum of the target encoder's EMA.
         ema_schedule: ``linear`` or ``cosine`` ramp from start to end over the run.
+        target_heads: which level projections and FPN the targets (and the level
+            embeddings) pass through: ``shared`` (the predictions' own modules, targets
+            without gradient), ``ema`` (an EMA copy of them, updated with the target encoder,
+            as BYOL's target projector) or ``none`` (level ``l`` of the targets is the plain
+            ``2**l`` mean of the target tokens; the level projections and FPN are prediction
+            heads only, so the FPN width must equal ``embed_dim``). Trained heads can lower
+            the loss by mapping every input alike, which the level embeddings then inherit
+            (effective rank 5 -> 2 on demo pose with ``shared``).
+        target_centering: subtract from each target token the batch mean of its grid
+            position before the loss, so the targets keep only what differs between inputs:
+            a prediction from the mask token's position alone no longer lowers the loss.
+        variance_weight: weight of VICReg's variance hinge (std of every dimension at
+            least 1) on the context encoder's position-centred outputs (0: off). Centred per
+            position, the term measures what the input changes, so positions cannot meet it.
+        covariance_weight: weight of VICReg's covariance term (squared off-diagonal
+            covariances over the width) on the same centred outputs (0: off).
     """
 
     input_size: Shape3
@@ -156,6 +182,10 @@ class HJEPAConfig:
     fpn: FPNConfig | None
     ema_momentum: tuple[float, float]
     ema_schedule: Literal["linear", "cosine"]
+    target_heads: Literal["shared", "ema", "none"] = "shared"
+    target_centering: bool = False
+    variance_weight: float = 0.0
+    covariance_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("input_size", "patch_size"):
@@ -219,6 +249,14 @@ class HJEPAConfig:
             raise ValueError(f"ema_momentum must satisfy 0 <= start <= end <= 1, got {(start, end)}")
         if self.ema_schedule not in ("linear", "cosine"):
             raise ValueError(f"ema_schedule must be 'linear' or 'cosine', got {self.ema_schedule!r}")
+        if self.variance_weight < 0 or self.covariance_weight < 0:
+            raise ValueError(f"variance_weight and covariance_weight must be >= 0, got "
+                             f"{(self.variance_weight, self.covariance_weight)}")
+        if self.target_heads not in ("shared", "ema", "none"):
+            raise ValueError(f"target_heads must be 'shared', 'ema' or 'none', got {self.target_heads!r}")
+        if self.target_heads == "none" and self.fpn is not None and self.fpn.dim != self.embed_dim:
+            raise ValueError(f"target_heads 'none' compares FPN outputs with pooled target tokens: fpn.dim "
+                             f"{self.fpn.dim} must equal embed_dim {self.embed_dim}")
 
     @property
     def token_grid(self) -> Shape3:
@@ -599,14 +637,55 @@ class FPN(nn.Module):
 
 @dataclass
 class HJEPAOutput:
-    """One forward pass: the weighted loss, per-level losses [L], valid windows per level
-    [L] (over the batch), the masks and the layer-normalised targets [B, N, D]."""
+    """One forward pass: the total loss, per-level losses [L], valid windows per level
+    [L] (over the batch), the masks, the layer-normalised targets [B, N, D] and the
+    VICReg variance and covariance terms (unweighted; in the loss with their weights)."""
 
     loss: Tensor
     level_losses: Tensor
     level_windows: Tensor
     masks: BlockMasks
     targets: Tensor
+    variance: Tensor
+    covariance: Tensor
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` without gradients, in eval mode (an EMA target)."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target.eval()
+
+
+def center_per_position(targets: Tensor) -> Tensor:
+    """``targets`` [B, N, D] minus their batch mean at each grid position: what the
+    input adds to a token beyond what its position alone predicts."""
+    return targets - targets.mean(dim=0, keepdim=True)
+
+
+def position_centred(tokens: Tensor, ids: Tensor, valid: Tensor, num_tokens: int) -> Tensor:
+    """Encoded tokens [B, K, D] at grid ``ids`` [B, K] (``valid`` [B, K]) minus the batch
+    mean of their grid position: [S, D] for the S valid tokens whose position at least
+    two samples share (a position seen once has no spread to measure)."""
+    b, _, d = tokens.shape
+    kept = tokens * valid[..., None]
+    sums = kept.new_zeros(b, num_tokens, d).scatter_add(1, ids[..., None].expand_as(kept), kept).sum(dim=0)  # (N, D)
+    counts = torch.zeros(b, num_tokens, device=tokens.device).scatter_add(1, ids, valid.float()).sum(dim=0)  # (N,)
+    means = sums / counts.clamp_min(1.0)[:, None]  # (N, D)
+    shared = valid & (counts[ids] > 1)  # (B, K)
+    return (tokens - means[ids])[shared]  # (S, D)
+
+
+def vicreg_terms(z: Tensor) -> tuple[Tensor, Tensor]:
+    """VICReg's variance hinge ``mean_d relu(1 - sqrt(var_d + 1e-4))`` and covariance term
+    ``sum_{i != j} cov_ij**2 / D`` of centred samples ``z`` [S, D] (zero below 2 samples)."""
+    if z.shape[0] < 2:
+        return z.new_zeros(()), z.new_zeros(())
+    z = z.float()
+    var = z.pow(2).sum(dim=0) / (z.shape[0] - 1)  # (D,): already centred per position
+    cov = z.T @ z / (z.shape[0] - 1)  # (D, D)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return F.relu(1.0 - torch.sqrt(var + 1e-4)).mean(), off.pow(2).sum() / z.shape[1]
 
 
 def batch_std(features: Tensor) -> Tensor:
@@ -638,9 +717,9 @@ class HJEPA(TrainableModel):
         self.fpn = (FPN(in_dim=c.embed_dim, dim=c.fpn.dim, levels=c.levels, fusion=c.fpn.fusion, pool_axis=c.pool_axis)
                     if c.fpn is not None else None)
         self.initialize_weights()
-        self.target_encoder = copy.deepcopy(self.encoder)  # starts equal to the context encoder
-        self.target_encoder.requires_grad_(False)
-        self.target_encoder.eval()
+        self.target_encoder = frozen_copy(self.encoder)  # starts equal to the context encoder
+        self.target_levels = frozen_copy(self.levels) if c.target_heads == "ema" else None
+        self.target_fpn = frozen_copy(self.fpn) if c.target_heads == "ema" and self.fpn is not None else None
         self.register_buffer("level_weights", torch.tensor(c.level_weights), persistent=False)
 
     def initialize_weights(self) -> None:
@@ -671,12 +750,26 @@ class HJEPA(TrainableModel):
     def train(self, mode: bool = True) -> HJEPA:
         """Train/eval mode for everything but the target encoder, which stays in eval."""
         super().train(mode)
-        self.target_encoder.eval()
+        for target in self.ema_targets():
+            target.eval()
         return self
 
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(EMA target, online module) pairs: the target encoder, and with ``target_heads:
+        ema`` the target level projections and FPN."""
+        pairs: list[tuple[nn.Module, nn.Module]] = [(self.target_encoder, self.encoder)]
+        if self.target_levels is not None:
+            pairs.append((self.target_levels, self.levels))
+        if self.target_fpn is not None and self.fpn is not None:
+            pairs.append((self.target_fpn, self.fpn))
+        return pairs
+
+    def ema_targets(self) -> list[nn.Module]:
+        return [target for target, _ in self.ema_pairs()]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every parameter except the target encoder's (updated only by the EMA)."""
-        frozen = {id(p) for p in self.target_encoder.parameters()}
+        """Every parameter except the EMA targets' (updated only by the EMA)."""
+        frozen = {id(p) for target in self.ema_targets() for p in target.parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in frozen]
 
     def momentum(self, step: int, total_steps: int) -> float:
@@ -694,8 +787,9 @@ class HJEPA(TrainableModel):
         """EMA of the target encoder, after the optimizer step:
         ``theta_t <- m * theta_t + (1 - m) * theta_c``."""
         m = self.momentum(step, total_steps)
-        for target, online in zip(self.target_encoder.parameters(), self.encoder.parameters()):
-            target.mul_(m).add_(online.detach(), alpha=1.0 - m)
+        for target_module, online_module in self.ema_pairs():
+            for target, online in zip(target_module.parameters(), online_module.parameters()):
+                target.mul_(m).add_(online.detach(), alpha=1.0 - m)
 
     # ------------------------------------------------------------------ named steps
 
@@ -727,11 +821,18 @@ class HJEPA(TrainableModel):
         return (rearrange(grid, "n (t h w) d -> n t h w d", t=t, h=h, w=w),
                 rearrange(grid_valid, "n (t h w) -> n t h w", t=t, h=h, w=w))
 
-    def hierarchy(self, grid: Tensor, valid: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def hierarchy(self, grid: Tensor, valid: Tensor, online: bool = False) -> list[tuple[Tensor, Tensor]]:
         """The level features of a full grid [N, t, h, w, D] with validity [N, t, h, w]:
-        :class:`LevelProjection`, then the :class:`FPN` if configured."""
-        levels = self.levels(grid, valid)
-        return self.fpn(levels) if self.fpn is not None else levels
+        :class:`LevelProjection`, then the :class:`FPN` if configured. ``online``: the
+        predictions' modules; else the targets' (the same ones unless ``target_heads: ema``),
+        which also give the level embeddings."""
+        if not online and self.config.target_heads == "none":
+            return [pool_along_axis(grid, valid, self.config.pool_axis, 2 ** level) for level in range(self.config.levels)]
+        use_ema = not online and self.target_levels is not None
+        level_module = self.target_levels if use_ema else self.levels
+        fpn = self.target_fpn if use_ema else self.fpn
+        levels = level_module(grid, valid)
+        return fpn(levels) if fpn is not None else levels
 
     def regression(self, pred: Tensor, target: Tensor) -> Tensor:
         """Element-wise regression loss (smooth L1 with beta 1, or squared error)."""
@@ -747,7 +848,7 @@ class HJEPA(TrainableModel):
         through the same :meth:`hierarchy`; the target side carries no gradient. Returns
         (loss, per-level losses [L], valid windows per level [L]).
         """
-        pred_levels = self.hierarchy(pred_grid, valid)
+        pred_levels = self.hierarchy(pred_grid, valid, online=True)
         with torch.no_grad():
             target_levels = self.hierarchy(target_grid, valid)
         losses, windows = [], []
@@ -771,14 +872,18 @@ class HJEPA(TrainableModel):
         context_ids, context_valid = mask_to_ids(masks.context)  # (B, Kc)
         target_ids, target_valid = mask_to_ids(masks.targets)  # (B, M, Kt)
         targets = self.forward_target(x, explicit_attention)  # (B, N, D)
+        loss_targets = center_per_position(targets) if self.config.target_centering else targets
         context = self.encoder(x, context_ids, context_valid, explicit_attention)  # (B, Kc, D)
         pred = self.predictor(context, context_ids, context_valid, target_ids, target_valid,
                               explicit_attention)  # (B, M, Kt, D)
         pred_grid, valid = self.scatter_to_grid(pred, target_ids, target_valid)  # ((B M), t, h, w, D)
-        target_grid = rearrange(repeat(targets, "b n d -> (b m) n d", m=m), "n (t h w) d -> n t h w d",
+        target_grid = rearrange(repeat(loss_targets, "b n d -> (b m) n d", m=m), "n (t h w) d -> n t h w d",
                                 t=pred_grid.shape[1], h=pred_grid.shape[2], w=pred_grid.shape[3])
         loss, level_losses, level_windows = self.forward_loss(pred_grid, target_grid, valid)
-        return HJEPAOutput(loss, level_losses, level_windows, masks, targets)
+        variance, covariance = vicreg_terms(position_centred(context, context_ids, context_valid,
+                                                             self.config.num_tokens))
+        loss = loss + self.config.variance_weight * variance + self.config.covariance_weight * covariance
+        return HJEPAOutput(loss, level_losses, level_windows, masks, targets, variance, covariance)
 
     @torch.no_grad()
     def embedding_std(self, x: Tensor) -> float:
@@ -800,6 +905,7 @@ class HJEPA(TrainableModel):
             masks = BlockMasks(context=batch["context_mask"], targets=batch["target_masks"])
         out = self(batch["x"], masks)
         metrics = {"loss": out.loss.item(), "target_std": float(batch_std(out.targets)),
+                   "variance_term": out.variance.item(), "covariance_term": out.covariance.item(),
                    "context_tokens": out.masks.context.sum(dim=1).float().mean().item()}
         for level, (loss, windows) in enumerate(zip(out.level_losses.tolist(), out.level_windows.tolist())):
             metrics[f"loss_level{level}"] = loss
