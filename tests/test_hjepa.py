@@ -249,12 +249,17 @@ def test_fpn_top_down_uses_linear_interpolation_along_the_pool_axis():
 # ----------------------------------------------------------------------------- EMA and gradients
 
 
-def test_ema_moves_the_target_by_exactly_the_momentum_formula_after_the_step():
-    model = model_of(POSE)
+def sgd_step(model) -> None:
+    """One SGD step (lr 0.5) of a training step on a fixed random pose batch."""
     opt = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
     torch.manual_seed(2)
     model.training_step({"x": torch.randn(4, 1, 64, 1, 72)}).loss.backward()
     opt.step()
+
+
+def test_ema_moves_the_target_by_exactly_the_momentum_formula_after_the_step():
+    model = model_of(POSE)
+    sgd_step(model)
     online = {k: v.detach().clone() for k, v in model.encoder.named_parameters()}
     before = {k: v.detach().clone() for k, v in model.target_encoder.named_parameters()}
     assert any(not torch.equal(online[k], before[k]) for k in online)  # the step moved the encoder
@@ -470,10 +475,7 @@ def test_ema_target_heads_are_frozen_copies_moved_by_the_momentum_formula():
             assert torch.equal(a, b) and not a.requires_grad
     trainable = {id(p) for p in model.trainable_parameters()}
     assert not trainable & {id(p) for p in [*model.target_levels.parameters(), *model.target_fpn.parameters()]}
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
-    torch.manual_seed(2)
-    model.training_step({"x": torch.randn(4, 1, 64, 1, 72)}).loss.backward()
-    opt.step()
+    sgd_step(model)
     online = {k: v.detach().clone() for k, v in model.fpn.named_parameters()}
     before = {k: v.detach().clone() for k, v in model.target_fpn.named_parameters()}
     m = model.momentum(10, 100)

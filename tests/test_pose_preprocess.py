@@ -64,6 +64,14 @@ def _assert_nothing_written(root: Path) -> None:
     assert leftovers == [], leftovers
 
 
+def _assert_refused(src: Path, match: str, root: Path) -> None:
+    """preprocess_pose on ``src`` fails with ``match`` and writes nothing under ``root``."""
+    out = root / "results"
+    with pytest.raises(PoseFormatError, match=match):
+        preprocess_pose(PRE, src, *_outputs(out))
+    _assert_nothing_written(out)
+
+
 def _good_sequence(rng: np.random.Generator, n_frames: int = 100) -> np.ndarray:
     return rng.uniform(100, 700, (n_frames, 3, 12, 2)).astype(np.float32)
 
@@ -114,22 +122,15 @@ def test_implausible_coordinates_name_the_frame_agent_and_keypoint(tmp_path: Pat
     kp = _good_sequence(rng)
     kp[7, 1, 4, 1] = value
     src = _write_npy(tmp_path / "far.npy", {"a": _good_sequence(rng), "b": kp})
-    out = tmp_path / "results"
-    with pytest.raises(PoseFormatError, match=rf"far\.npy, sequence 'b': frame 7, agent 1, keypoint '{KEYPOINTS[4]}' has "
-                                              rf"y = {re.escape(shown)} px; coordinates must be finite and within "
-                                              r"\[-850, 1700\]"):
-        preprocess_pose(PRE, src, *_outputs(out))
-    _assert_nothing_written(out)
+    _assert_refused(src, rf"far\.npy, sequence 'b': frame 7, agent 1, keypoint '{KEYPOINTS[4]}' has y = "
+                         rf"{re.escape(shown)} px; coordinates must be finite and within \[-850, 1700\]", tmp_path)
 
 
 def test_complex_coordinates_are_refused(tmp_path: Path) -> None:
     kp = _good_sequence(np.random.default_rng(4)).astype(np.complex64)
     src = _write_npy(tmp_path / "complex.npy", {"a": kp})
-    out = tmp_path / "results"
-    with pytest.raises(PoseFormatError, match=r"complex\.npy, sequence 'a': 'keypoints' must be a real numeric array, "
-                                              r"got complex64"):
-        preprocess_pose(PRE, src, *_outputs(out))
-    _assert_nothing_written(out)
+    _assert_refused(src, r"complex\.npy, sequence 'a': 'keypoints' must be a real numeric array, got complex64",
+                    tmp_path)
 
 
 def test_a_forged_frame_number_in_the_long_format_is_refused_before_allocating(tmp_path: Path) -> None:
@@ -137,11 +138,8 @@ def test_a_forged_frame_number_in_the_long_format_is_refused_before_allocating(t
             for f in (0, 1, 10**9)]
     src = tmp_path / "forged.csv"
     pd.DataFrame(rows).to_csv(src, index=False)
-    out = tmp_path / "results"
-    with pytest.raises(PoseFormatError, match=r"forged\.csv, sequence 's': frames run to 1000000000 but only 3 "
-                                              r"distinct frames have rows"):
-        preprocess_pose(PRE, src, *_outputs(out))
-    _assert_nothing_written(out)
+    _assert_refused(src, r"forged\.csv, sequence 's': frames run to 1000000000 but only 3 distinct frames have rows",
+                    tmp_path)
 
 
 def test_malicious_pickle_writes_nothing(tmp_path: Path) -> None:
