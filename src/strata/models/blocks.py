@@ -104,3 +104,21 @@ def sincos_1d(positions: Tensor, dim: int) -> Tensor:
     freq = torch.exp(-torch.arange(0, dim, 2, dtype=torch.float32) * (torch.log(torch.tensor(10000.0)) / dim))
     angles = positions.float()[:, None] * freq[None]
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class PatchEmbed3D(nn.Module):
+    """Non-overlapping 3-D patches embedded by a Conv3d (kernel = stride).
+
+    Args:
+        in_channels: input channels C.
+        dim: token width.
+        patch_size: (t, h, w) kernel and stride.
+    """
+
+    def __init__(self, *, in_channels: int, dim: int, patch_size: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: [B, C, T, H, W] -> tokens [B, T/pt, H/ph, W/pw, D]."""
+        return rearrange(self.proj(x), "b d t h w -> b t h w d")

@@ -2,7 +2,7 @@
 
 Method, in the order the code runs:
 
-1. **Patch embedding** (:class:`PatchEmbed3D`). A Conv3d with kernel = stride cuts the
+1. **Patch embedding** (:class:`~strata.models.blocks.PatchEmbed3D`). A Conv3d with kernel = stride cuts the
    input ``[B, C, T, H, W]`` into non-overlapping patches and embeds each as one token,
    giving a token grid ``(T/pt, H/ph, W/pw)``. Separate learned temporal and spatial
    position embeddings are added (hBehaveMAE's ``sep_pos_embed``).
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
-from strata.models.blocks import Block, Mlp
+from strata.models.blocks import Block, Mlp, PatchEmbed3D
 from strata.training.interface import StepOutput, TrainableModel
 
 AXES = ("T (time)", "H (height)", "W (width)")
@@ -228,24 +228,6 @@ class Hiera3DConfig:
 
 
 # --------------------------------------------------------------------------- components
-
-
-class PatchEmbed3D(nn.Module):
-    """Non-overlapping 3-D patches embedded by a Conv3d (kernel = stride).
-
-    Args:
-        in_channels: input channels C.
-        dim: token width.
-        patch_size: (t, h, w) kernel and stride.
-    """
-
-    def __init__(self, *, in_channels: int, dim: int, patch_size: Shape3) -> None:
-        super().__init__()
-        self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: [B, C, T, H, W] -> tokens [B, T/pt, H/ph, W/pw, D]."""
-        return rearrange(self.proj(x), "b d t h w -> b t h w d")
 
 
 def pool_tokens(x: Tensor, unit: Shape3, stride: Shape3) -> Tensor:

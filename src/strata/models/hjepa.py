@@ -2,7 +2,7 @@
 
 Method, in the order the code runs (:meth:`HJEPA.forward`):
 
-1. **Token grid.** :class:`~strata.models.hiera3d.PatchEmbed3D` cuts the input
+1. **Token grid.** :class:`~strata.models.blocks.PatchEmbed3D` cuts the input
    ``[B, C, T, H, W]`` into non-overlapping 3-D patches, a token grid ``(t, h, w)``
    flattened in raster order (``N = t * h * w``). Pose windows ``[1, T, 1, F]`` give a
    time x feature-group grid; CT volumes ``[C, H, W, D]`` are passed unchanged, so the
@@ -66,8 +66,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from strata.models.blocks import Block, sincos_1d
-from strata.models.hiera3d import PatchEmbed3D
+from strata.models.blocks import Block, PatchEmbed3D, sincos_1d
 from strata.training.interface import StepOutput, TrainableModel
 
 Shape3 = tuple[int, int, int]
