@@ -31,7 +31,8 @@ pytest_plugins = ["test_reg2rg_support"]  # the fake_cache fixture
 
 
 def test_checkpoint_per_epoch_holds_the_trainable_weights_and_provenance(tmp_path, fake_cache):
-    cfg = demo_config(train__epochs=2, train__grad_accum=1, train__warmup_steps=1, train__repeats=1)
+    cfg = demo_config(train__epochs=2, train__grad_accum=1, train__warmup_steps=1, train__repeats=1,
+                      train__scheduler="constant_with_warmup")
     inputs = Reg2RGInputs(fake_cache["root"] / "tokenizer", fake_cache["reports"], fake_cache["tokens"],
                           tuple(fake_cache["ids"]))
     with snakemake_logging(tmp_path / "rule.log"):
