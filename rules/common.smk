@@ -99,8 +99,12 @@ def pose_long_path():
 
 def final_targets():
     """The default target: everything the DAG can build from the config."""
+    # every per-study cache is a target: Snakemake does not rebuild a deleted input of a job
+    # whose outputs exist (temp() semantics), but it does rebuild a missing target
     return [
         "results/cache/ct/manifest.parquet",
+        *expand(CT_STUDY_TENSORS, study=STUDY_IDS),
+        *(expand(REG2RG_STUDY_TOKENS, study=STUDY_IDS) if REG2RG else []),
         "results/cache/ct/reports.parquet",
         "results/cache/pose/manifest.parquet",
         *training_targets(),
