@@ -31,6 +31,7 @@ CT_SHARDS = shard_members(STUDY_IDS, CFG.preprocess.ct.shards)
 CT_STUDY_TENSORS = "results/cache/ct/studies/{study}.safetensors"
 CT_STUDY_ROW = "results/cache/ct/rows/{study}.parquet"
 REG2RG_STUDY_TOKENS = "results/reg2rg/tokens/{study}.safetensors"
+CT_STUDY_FILES = expand(CT_STUDY_TENSORS, study=STUDY_IDS)  # every study's cache, listed once
 
 # Reg2RG needs published weights; while any is missing the default target leaves it out
 # (the other families still run) and its rules, asked for by name, fail naming the key.
@@ -69,7 +70,7 @@ def config_subset(*keys):
 
 def ct_shard_inputs(study_ids):
     """The volume files and region masks of a shard's studies."""
-    return [str(p) for sid in study_ids for p in (*STUDY[sid].files, *(m for _, m in STUDY[sid].masks))]
+    return [p for study in ct_shard_plan(study_ids) for p in (*study["files"], *study["masks"])]
 
 
 def ct_shard_plan(study_ids):
@@ -103,7 +104,7 @@ def final_targets():
     # whose outputs exist (temp() semantics), but it does rebuild a missing target
     return [
         "results/cache/ct/manifest.parquet",
-        *expand(CT_STUDY_TENSORS, study=STUDY_IDS),
+        *CT_STUDY_FILES,
         *(expand(REG2RG_STUDY_TOKENS, study=STUDY_IDS) if REG2RG else []),
         "results/cache/ct/reports.parquet",
         "results/cache/pose/manifest.parquet",
@@ -173,7 +174,7 @@ def ct_cache_inputs():
     lists, so a deleted or rebuilt study cache must re-run them)."""
     return {
         "manifest": "results/cache/ct/manifest.parquet",
-        "studies": expand(CT_STUDY_TENSORS, study=STUDY_IDS),
+        "studies": CT_STUDY_FILES,
     }
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from strata.io.tensor_files import load_tensors, read_tensor_metadata
+from strata.io.tensor_files import load_tensors_and_metadata
 
 FORMAT = 2
 COMPRESSED = ("image", "masks", "region_images", "region_masks")
@@ -67,6 +67,5 @@ def unpack_study(stored: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, T
 def read_study(path: str | Path) -> dict[str, Tensor]:
     """A cached study in the plain layout (its content hash verified); files written
     before format 2 are plain already."""
-    stored = load_tensors(path)
-    meta = read_tensor_metadata(path)
+    stored, meta = load_tensors_and_metadata(path)
     return unpack_study(stored, meta) if meta.get("format") == FORMAT else stored

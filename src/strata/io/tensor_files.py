@@ -90,8 +90,13 @@ def read_tensor_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file and verify its content hash (files without one, written
-    before hashes existed, load with a warning)."""
+    """Read a safetensors file and verify its content hash (see :func:`load_tensors_and_metadata`)."""
+    return load_tensors_and_metadata(path)[0]
+
+
+def load_tensors_and_metadata(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A safetensors file's tensors, content hash verified (files without one, written
+    before hashes existed, load with a warning), and the metadata :func:`save_tensors` stored."""
     path = Path(path)
     try:
         tensors = load_file(str(path))
@@ -105,4 +110,4 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     elif tensors_sha256(tensors) != expected:
         raise CacheIntegrityError(f"{path}: content does not match its hash (damaged data); "
                                   f"{_rebuild_hint(path, meta)}")
-    return tensors
+    return tensors, meta
