@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from strata.io.tensor_files import CacheIntegrityError
 from strata.training.checkpoint import STATE, WEIGHTS, CheckpointStore
 from strata.training.config import OptimConfig, TrainConfig
 from strata.training.interface import StepOutput, TrainableModel
@@ -106,6 +107,23 @@ def test_resume_state_of_another_config_is_discarded(tmp_path):
         train(fresh_model(fail_at=12), dataset(), spec(tmp_path, fingerprint="old"))
     store = CheckpointStore(tmp_path, "new")
     assert store.latest() is None and not (tmp_path / "resume").exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_resume_state_is_refused_naming_the_file_and_the_remedy(tmp_path, damage):
+    with pytest.raises(Interrupted):
+        train(fresh_model(fail_at=15), dataset(), spec(tmp_path))
+    state = tmp_path / "resume" / "10" / STATE
+    data = bytearray(state.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        del data[len(data) // 2:]
+    state.write_bytes(bytes(data))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(CacheIntegrityError, match=rf"{state}.*SHA-256.*rule train.*delete {tmp_path / 'resume'}"):
+        train(fresh_model(), dataset(), spec(tmp_path))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
 
 
 def test_resumed_run_restores_the_checkpoints_its_rerun_deleted(tmp_path):

@@ -13,7 +13,11 @@ or a cluster's wall time); ``resume/`` is not a declared output, so a re-run fin
 last complete state there, re-creates the earlier ``checkpoints/<step>`` from it and
 continues. A finished run removes ``resume/``, so a forced
 re-run trains from scratch. ``training_state.pt`` is read with ``weights_only=True``:
-it holds tensors and plain containers only.
+it holds tensors and plain containers only. Each resume state also holds
+``training_state.sha256``, checked before a resume reads the state (the weights carry their
+own hash, :mod:`strata.io.tensor_files`); it stays out of ``meta.json`` because
+``torch.save`` of equal states is not always byte-equal, and a resumed run's checkpoints
+are byte-identical to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from strata.io.atomic import atomic_dir, write_parquet
-from strata.io.tensor_files import load_tensors, save_tensors
+from strata.io.atomic import atomic_dir, sha256_files, write_parquet
+from strata.io.tensor_files import CacheIntegrityError, load_tensors, save_tensors
 
 WEIGHTS = "model.safetensors"
 STATE = "training_state.pt"
+STATE_HASH = "training_state.sha256"
 META = "meta.json"
 LOG = "train_log.parquet"
 PACKAGES = ("torch", "numpy", "monai", "transformers", "safetensors", "snakemake", "strata")
@@ -92,6 +97,7 @@ class CheckpointStore:
         with atomic_dir(self.resume_dir / str(step)) as tmp:
             save_tensors(weights, tmp / WEIGHTS, metadata={"architecture": architecture}, written_by="train (checkpoint)")
             torch.save(training, tmp / STATE)
+            (tmp / STATE_HASH).write_text(sha256_files([tmp / STATE]) + "\n")
             (tmp / META).write_text(json.dumps({**meta, "step": step, "fingerprint": self.fingerprint},
                                                indent=2, sort_keys=True) + "\n")
             write_parquet(log, tmp / LOG)
@@ -127,9 +133,21 @@ class CheckpointStore:
             if meta.get("fingerprint") != self.fingerprint:
                 shutil.rmtree(self.resume_dir)  # another config or data: never resume from it
                 return None
-            training = torch.load(path / STATE, map_location="cpu", weights_only=True)
+            training = self._read_state(path)
             return ResumeState(step, load_tensors(str(path / WEIGHTS)), training, pd.read_parquet(path / LOG))
         return None
+
+    def _read_state(self, path: Path) -> dict[str, Any]:
+        """``training_state.pt`` of a resume state, after checking it against its recorded hash."""
+        state, recorded = path / STATE, path / STATE_HASH
+        how = f"delete {self.resume_dir} to train this run from scratch"
+        if recorded.is_file() and (not state.is_file() or sha256_files([state]) != recorded.read_text().strip()):
+            raise CacheIntegrityError(f"{state}: missing or its content does not match the SHA-256 recorded in "
+                                      f"{recorded} (written by rule train); {how}")
+        try:
+            return torch.load(state, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError) as err:
+            raise CacheIntegrityError(f"{state}: unreadable ({err}; written by rule train); {how}") from err
 
     def finish(self, log: pd.DataFrame) -> None:
         """Write the run's log and drop the resume copies (the checkpoints stay)."""
