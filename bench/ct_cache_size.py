@@ -53,7 +53,7 @@ def main() -> None:
     print(f"config {args.config}: cache shape {list(cfg.shape)}, regions {list(cfg.region_shape)}, "
           f"{cfg.channels} channel(s), {cfg.dtype}; source {shape} at {spacing} mm")
     for name, tensor in plain.items():
-        print(f"  {name:<15} {str(tuple(tensor.shape)):<28} {tensor.numel() * tensor.element_size() / 1e6:9.1f} MB plain")
+        print(f"  {name:<15} {tuple(tensor.shape)!s:<28} {tensor.numel() * tensor.element_size() / 1e6:9.1f} MB plain")
     print(f"plain {plain_mb:.1f} MB, stored {stored_mb:.1f} MB ({plain_mb / stored_mb:.1f}x smaller); "
           f"{stored_mb:.0f} GB per 1,000 studies (plain {plain_mb:.0f} GB); preprocess_ct {seconds:.1f} s")
 

@@ -39,6 +39,12 @@ def run_data(wildcards):
     return config["models"][wildcards.family][wildcards.run]["data"]
 
 
+def run_velocity_gain(wildcards):
+    """Params function: the run's architecture ``velocity_gain`` (0 where it has none)."""
+    run = config["models"].get(wildcards.family, {}).get(wildcards.run, {})
+    return run.get("architecture", {}).get("velocity_gain", 0.0)
+
+
 def cache_inputs(wildcards):
     """The cached features a run reads (pose shards or the CT manifest)."""
     if run_data(wildcards) == "pose":

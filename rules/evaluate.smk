@@ -23,6 +23,7 @@ rule evaluate:
         probe=config_subset("evaluation", "probe"),
         ct_findings=evaluate_findings,
         demo_findings=evaluate_demo_findings,
+        velocity_gain=run_velocity_gain,
     script:
         "../workflow_scripts/evaluate.py"
 

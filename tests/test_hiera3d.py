@@ -172,6 +172,20 @@ def test_loss_counts_masked_units_only_and_target_is_time_strided():
     assert SMALL.unit_grid == (2, 1, 2) and SMALL.pred_dim == 48 and torch.equal(target[0, unit], expected)
 
 
+def test_velocity_channels_reach_the_patches_and_the_targets():
+    config = dataclasses.replace(SMALL, velocity_gain=10.0)
+    model = build(config)
+    x = torch.randn(2, 1, *config.input_size)
+    # the targets carry the positions, then 10 x the change from the previous frame (0 on frame 0)
+    step = torch.diff(x, dim=2, prepend=x[:, :, :1])
+    target = model.target(x).reshape(2, config.num_units, -1, 2)  # (t h w c) with c = position, velocity
+    plain = build(SMALL).target(x)
+    assert config.pred_dim == 2 * SMALL.pred_dim
+    assert torch.equal(target[..., 0], plain)
+    assert torch.allclose(target[..., 1], build(SMALL).target(10.0 * step))
+    assert model.encoder.patch_embed.proj.in_channels == 2
+
+
 def test_per_patch_mean_baseline():
     model = build(SMALL)
     x = torch.randn(3, 1, *SMALL.input_size)

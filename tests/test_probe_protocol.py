@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strata.evaluation.baselines import kinematics, pose_token_spans
+from strata.evaluation.baselines import PoseBaselines, kinematics, pose_token_spans
 from strata.evaluation.margins import higher_is_better, margin_table
 from strata.evaluation.protocol import (
     bootstrap_intervals,
@@ -105,6 +105,16 @@ def test_pose_token_spans_take_the_frames_of_each_rows_time_token():
     rows = pd.DataFrame({"sample_id": ["1", "0"], "token": [3, 0], "time_tokens": [4, 4]})
     spans = pose_token_spans(rows, windows)
     assert np.array_equal(spans[0], windows[1, 6:8].reshape(-1)) and np.array_equal(spans[1], windows[0, :2].reshape(-1))
+
+
+def test_pose_pca_baseline_reads_the_velocity_channels_the_run_embeds(pose_cache):
+    plain, moving = PoseBaselines(pose_cache), PoseBaselines(pose_cache, velocity_gain=30.0)
+    w = plain.windows
+    assert np.array_equal(plain.inputs, w)
+    assert moving.inputs.shape == (*w.shape[:2], 2 * w.shape[2])
+    assert np.allclose(moving.inputs[..., :w.shape[2]], w)
+    assert np.allclose(moving.inputs[:, 1:, w.shape[2]:], 30.0 * np.diff(w, axis=1), atol=1e-5)
+    assert np.array_equal(moving.kinematic, plain.kinematic)  # the domain baseline reads positions
 
 
 def test_margin_table_compares_with_the_strongest_non_domain_baseline_in_the_right_direction():

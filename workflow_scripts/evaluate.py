@@ -26,6 +26,7 @@ with snakemake_logging(snakemake.log[0]) as log:
         pose_labels=Path(labels) if (labels := getattr(snakemake.input, "labels", None)) else None,
         pose_source=str(snakemake.config["data"]["pose"]["path"]),
         init_generated=Path(init) if (init := getattr(snakemake.input, "init", None)) else None,
+        velocity_gain=float(snakemake.params.velocity_gain),
     )
     metrics = evaluate(job)
     log.info("%d metrics for %s/%s step %d", len(metrics), job.family, job.run, job.step)

@@ -6,7 +6,7 @@ Every evaluate job of a hierarchical ViT-3D or H-JEPA run scores, beside the che
 * ``random_init``: the same architecture at its seeded random initialisation (checkpoint
   step 0 that every training writes first; :meth:`TrainConfig.checkpoint_steps`);
 * ``pca``: the raw model input at the level's scale (pose: the frames of the row's time
-  token, flattened; CT: the cached volume average-pooled to :data:`POOLED`), reduced by PCA
+  token, flattened, with the velocity channels when the run embeds them; CT: the cached volume average-pooled to :data:`POOLED`), reduced by PCA
   to the level's feature width, fitted on each probe's training part (:func:`strata.evaluation.probes.fit_predict`);
 * a domain baseline: pose ``kinematic`` (per mouse: centre speed, nose-to-tail-base length,
   heading change; pairwise centre distances; averaged over the level's time token), CT
@@ -26,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from einops import rearrange
 from torch.nn.functional import adaptive_avg_pool3d
 
 from strata.evaluation.data import ct_volumes, pose_windows
 from strata.evaluation.model_names import CONSTANT, KINEMATIC, MASK_VOLUME, PCA_RAW
+from strata.models.blocks import with_velocity
 from strata.pose.keypoints import KEYPOINT_INDEX, N_KEYPOINTS
 
 #: CT PCA baseline: the grid each cached volume is average-pooled to first (per channel)
@@ -85,15 +88,18 @@ def mean_over_token(per_frame: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
 
 
 class PoseBaselines:
-    """The pose baselines' features per level (cached windows read once)."""
+    """The pose baselines' features per level (cached windows read once); ``velocity_gain``:
+    the run's (:func:`strata.models.blocks.with_velocity`), so PCA reads what the model reads."""
 
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path, velocity_gain: float = 0.0) -> None:
         data = pose_windows(cache_dir)
         self.windows = data.x.reshape(data.x.shape[0], data.x.shape[1], -1).numpy().astype(np.float64)
+        video = rearrange(torch.from_numpy(self.windows), "w t f -> w 1 t 1 f")
+        self.inputs = rearrange(with_velocity(video, velocity_gain), "w c t 1 f -> w t (c f)").numpy()
         self.kinematic = kinematics(self.windows)
 
     def level(self, rows: pd.DataFrame, width: int) -> Iterator[tuple[str, Features]]:
-        yield PCA_RAW, Features(pose_token_spans(rows, self.windows), width)
+        yield PCA_RAW, Features(pose_token_spans(rows, self.inputs), width)
         if self.kinematic is not None:
             yield KINEMATIC, Features(mean_over_token(self.kinematic, rows))
         yield CONSTANT, Features(np.zeros((len(rows), 1)))

@@ -94,6 +94,8 @@ class EvaluateJob:
         pose_source: the pose file the cache was made from (named in label-file errors).
         init_generated: embedding runs: the generate output of checkpoint step 0 (the random
             initialisation), probed as the ``random_init`` baseline (None: not scored).
+        baselines: score the non-learned baselines.
+        velocity_gain: the run's architecture ``velocity_gain`` (pose PCA baseline input).
     """
 
     family: str
@@ -109,6 +111,7 @@ class EvaluateJob:
     pose_source: str = ""
     init_generated: Path | None = None
     baselines: bool = True
+    velocity_gain: float = 0.0
 
 
 def probe_scores(preds: Sequence[Predictions], suffix: str = "") -> dict[str, float]:
@@ -195,7 +198,9 @@ def embedding_metrics(job: EvaluateJob) -> Metrics:
         tasks = labels, check_overlap(labels, table["sequence"].unique(), source)
         log.info("%s: %d tasks over %d labelled pose sequences", labels.path, len(labels.tasks), len(tasks[1]))
         task_split = group_split(tasks[1], job.probe.folds, job.probe.validation_fraction)  # every level, model
-    raw = (PoseBaselines if job.data == "pose" else CTBaselines)(job.cache_dir) if job.baselines else None
+    raw: PoseBaselines | CTBaselines | None = None
+    if job.baselines:
+        raw = PoseBaselines(job.cache_dir, job.velocity_gain) if job.data == "pose" else CTBaselines(job.cache_dir)
     out: Metrics = {}
     for level, rows in table.groupby("level", sort=True):
         rows = _sorted(rows)

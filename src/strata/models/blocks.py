@@ -106,19 +106,42 @@ def sincos_1d(positions: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def with_velocity(x: Tensor, gain: float) -> Tensor:
+    """``[B, C, T, H, W]`` -> ``[B, 2C, T, H, W]``: the input, then ``gain`` x its change
+    from the previous frame along T (0 on the first frame); ``gain == 0`` returns ``x``.
+
+    Why: a masked-reconstruction loss on arena coordinates is dominated by where keypoints
+    are, while behaviour is in how they move (a walk is ~0.6 % of the arena per frame), so
+    motion gets channels of its own, as in two-stream video models.
+    """
+    if gain == 0:
+        return x
+    step = torch.diff(x, dim=2, prepend=x[:, :, :1])
+    return torch.cat([x, gain * step], dim=1)
+
+
 class PatchEmbed3D(nn.Module):
-    """Non-overlapping 3-D patches embedded by a Conv3d (kernel = stride).
+    """Non-overlapping 3-D patches embedded by a Conv3d (kernel = stride), optionally of the
+    input with its velocity channels (:func:`with_velocity`).
 
     Args:
         in_channels: input channels C.
         dim: token width.
         patch_size: (t, h, w) kernel and stride.
+        velocity_gain: > 0 embeds ``with_velocity(x, velocity_gain)`` (2C channels).
     """
 
-    def __init__(self, *, in_channels: int, dim: int, patch_size: tuple[int, int, int]) -> None:
+    def __init__(self, *, in_channels: int, dim: int, patch_size: tuple[int, int, int],
+                 velocity_gain: float = 0.0) -> None:
         super().__init__()
-        self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.velocity_gain = velocity_gain
+        channels = in_channels * (2 if velocity_gain else 1)
+        self.proj = nn.Conv3d(channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def stem(self, x: Tensor) -> Tensor:
+        """What the patches are cut from: ``x``, with its velocity channels if configured."""
+        return with_velocity(x, self.velocity_gain)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: [B, C, T, H, W] -> tokens [B, T/pt, H/ph, W/pw, D]."""
-        return rearrange(self.proj(x), "b d t h w -> b t h w d")
+        return rearrange(self.proj(self.stem(x)), "b d t h w -> b t h w d")

@@ -104,6 +104,9 @@ class Hiera3DConfig:
         norm_pix_loss: normalise each target patch by its own mean and variance.
         decoding_strategy: ``single`` (decode from the last stage) or ``multi`` (decode from
             the sum of every stage's projection, fused onto the final grid).
+        velocity_gain: > 0 adds a velocity channel per input channel, ``gain`` x the change
+            from the previous frame (:func:`strata.models.blocks.with_velocity`), to the
+            patches and to the reconstruction targets; 0: the input alone.
     """
 
     input_size: Shape3
@@ -122,8 +125,11 @@ class Hiera3DConfig:
     mask_ratio: float
     norm_pix_loss: bool
     decoding_strategy: Literal["single", "multi"] = "single"  # "single": checkpoints written before the option
+    velocity_gain: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.velocity_gain < 0:
+            raise ValueError(f"velocity_gain must be >= 0, got {self.velocity_gain}")
         for name in ("input_size", "patch_size"):
             value = getattr(self, name)
             if len(value) != 3 or any(v < 1 for v in value):
@@ -222,9 +228,14 @@ class Hiera3DConfig:
         return t // self.patch_size[0], h, w
 
     @property
+    def embedded_channels(self) -> int:
+        """Channels the patches are cut from: the input's, doubled by velocity channels."""
+        return self.in_channels * (2 if self.velocity_gain else 1)
+
+    @property
     def pred_dim(self) -> int:
         """Values predicted per mask unit: target patch size times channels (pose: 288)."""
-        return math.prod(self.target_patch) * self.in_channels
+        return math.prod(self.target_patch) * self.embedded_channels
 
 
 # --------------------------------------------------------------------------- components
@@ -359,7 +370,8 @@ class Hiera3D(nn.Module):
         super().__init__()
         self.config = c = config
         t, h, w = c.token_grid
-        self.patch_embed = PatchEmbed3D(in_channels=c.in_channels, dim=c.embed_dim, patch_size=c.patch_size)
+        self.patch_embed = PatchEmbed3D(in_channels=c.in_channels, dim=c.embed_dim, patch_size=c.patch_size,
+                                        velocity_gain=c.velocity_gain)
         self.pos_embed_spatial = nn.Parameter(torch.zeros(1, h * w, c.embed_dim))
         self.pos_embed_temporal = nn.Parameter(torch.zeros(1, t, c.embed_dim))
         self.blocks = nn.ModuleList()
@@ -607,7 +619,7 @@ class Hiera3DMAE(TrainableModel):
         cut into the units' extents, flattened (t h w c); per-patch normalised if configured."""
         c = self.config
         ut, uh, uw = c.unit_grid
-        strided = x[:, :, ::c.patch_size[0]]  # (B, C, T/pt, H, W)
+        strided = self.encoder.patch_embed.stem(x)[:, :, ::c.patch_size[0]]  # (B, C', T/pt, H, W)
         target = rearrange(strided, "b c (ut t) (uh h) (uw w) -> b (ut uh uw) (t h w c)", ut=ut, uh=uh, uw=uw)
         if c.norm_pix_loss:
             mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)

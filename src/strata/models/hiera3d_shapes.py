@@ -48,7 +48,7 @@ def explain_shapes(config: Hiera3DConfig) -> str:
                  f"{kept} kept at mask ratio {c.mask_ratio:.2f}; encoder sees {kept * math.prod(c.mask_unit_shape)} "
                  f"tokens -> " + " -> ".join(f"{seen[e][1] * seen[e][2]}" for e in model.encoder.stage_ends))
     lines.append(f"predictions [B, {pred.shape[1]}, {pred.shape[2]}] (time-strided target: "
-                 f"{'x'.join(map(str, c.target_patch))} x {c.in_channels} channel(s) per unit)")
+                 f"{'x'.join(map(str, c.target_patch))} x {c.embedded_channels} channel(s) per unit)")
     enc = sum(p.numel() for p in model.encoder.parameters())
     dec = sum(p.numel() for p in model.decoder.parameters())
     ref = REFERENCE_PARAMETERS_M

@@ -157,6 +157,9 @@ class HJEPAConfig:
             position, the term measures what the input changes, so positions cannot meet it.
         covariance_weight: weight of VICReg's covariance term (squared off-diagonal
             covariances over the width) on the same centred outputs (0: off).
+        velocity_gain: > 0 embeds every input channel with a velocity channel, ``gain`` x the
+            change from the previous frame (:func:`strata.models.blocks.with_velocity`);
+            0: the input alone.
     """
 
     input_size: Shape3
@@ -185,8 +188,11 @@ class HJEPAConfig:
     target_centering: bool = False
     variance_weight: float = 0.0
     covariance_weight: float = 0.0
+    velocity_gain: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.velocity_gain < 0:
+            raise ValueError(f"velocity_gain must be >= 0, got {self.velocity_gain}")
         for name in ("input_size", "patch_size"):
             value = getattr(self, name)
             if len(value) != 3 or any(v < 1 for v in value):
@@ -440,7 +446,8 @@ class ViTEncoder(nn.Module):
     def __init__(self, *, config: HJEPAConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.patch_embed = PatchEmbed3D(in_channels=c.in_channels, dim=c.embed_dim, patch_size=c.patch_size)
+        self.patch_embed = PatchEmbed3D(in_channels=c.in_channels, dim=c.embed_dim, patch_size=c.patch_size,
+                                        velocity_gain=c.velocity_gain)
         self.pos_embed = GridPositionEmbedding(grid=c.token_grid, dim=c.embed_dim, kind=c.pos_embed)
         self.blocks = nn.ModuleList(Block(dim=c.embed_dim, heads=c.num_heads, mlp_ratio=c.mlp_ratio, norm_eps=NORM_EPS)
                                     for _ in range(c.depth))
